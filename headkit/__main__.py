@@ -1,0 +1,56 @@
+"""Command line: `python -m headkit train|merge ...` for scripted runs (the app offers the same verbs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from . import load_head, load_model, merge
+from .train import train_head
+
+
+def _train(args: argparse.Namespace) -> None:
+    base = load_model(args.base)
+    result = train_head(base, args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=args.device,
+                        project=args.project, name=args.name)
+    result.head.metadata["label"] = args.label or Path(args.out).stem
+    result.head.save(args.out)
+    print(json.dumps({**result.to_dict(), "head": str(args.out)}, indent=2, default=str))
+
+
+def _merge(args: argparse.Namespace) -> None:
+    merged = merge(load_model(args.base), *(load_head(h) for h in args.heads), keep_base_head=not args.heads_only)
+    merged.save(args.out)
+    print(json.dumps({"model": str(args.out), "names": merged.names}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m headkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a head on a dataset over a frozen base")
+    train.add_argument("--base", required=True)
+    train.add_argument("--data", required=True, help="data.yaml, dataset folder or .zip")
+    train.add_argument("--out", required=True, help="where to write the .safetensors head")
+    train.add_argument("--label", default=None, help="a short name for the head (default: file stem)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--imgsz", type=int, default=640)
+    train.add_argument("--batch", type=int, default=16)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--project", default="runs/headkit")
+    train.add_argument("--name", default="head")
+    train.set_defaults(run=_train)
+    join = sub.add_parser("merge", help="merge heads into a base and save the merged .pt")
+    join.add_argument("--base", required=True)
+    join.add_argument("--out", required=True)
+    join.add_argument("--heads-only", action="store_true", help="drop the base head (trunk + given heads)")
+    join.add_argument("heads", nargs="+")
+    join.set_defaults(run=_merge)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

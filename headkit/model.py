@@ -1,0 +1,90 @@
+"""Load Ultralytics models from any source, and check that a model can carry extra Detect heads."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import zipfile
+from pathlib import Path
+
+from ultralytics import YOLO
+from ultralytics.nn.modules.head import Detect
+
+from .sources import resolve
+from .trunk import detection_model
+
+LOGGER = logging.getLogger(__name__)
+ARCHITECTURE_SUFFIXES = (".yaml", ".yml")
+
+
+def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
+    """Load a YOLO model from a local path, HEADKIT_WEIGHTS_DIR, `hf://owner/repo/file.pt[@rev]` or a bare name.
+
+    A bare `*.yaml` name (e.g. `yolo11n.yaml`) builds that architecture with random weights, which is useful for
+    structure checks offline. The source is remembered as `model.headkit_source` for head metadata.
+    """
+    text = str(source).strip()
+    if text.lower().endswith(ARCHITECTURE_SUFFIXES) and not text.startswith("hf://"):
+        model = YOLO(text)
+    else:
+        path = resolve(text, revision=revision)
+        if path.suffix.lower() != ".pt":
+            raise ValueError(
+                f"{path.name}: expected an Ultralytics model checkpoint (.pt), got a '{path.suffix}' file; heads "
+                "(.safetensors) are loaded with headkit.load_head"
+            )
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path}: not a PyTorch checkpoint (a .pt file is a zip archive written by torch.save); the file is "
+                "damaged or is something else renamed to .pt — download or export it again"
+            )
+        try:
+            model = YOLO(str(path))
+        except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError, KeyError) as e:
+            raise ValueError(
+                f"{path}: could not be loaded as an Ultralytics model ({type(e).__name__}: {e}); expected a .pt "
+                "saved by Ultralytics (model.save or a training run's best.pt)"
+            ) from e
+    model.headkit_source = text
+    return model
+
+
+def model_source(model) -> str | None:
+    """Where a model came from, as the user named it, if known."""
+    return getattr(model, "headkit_source", None) or getattr(model, "ckpt_path", None)
+
+
+def ensure_detect_base(model, *, role: str = "base") -> None:
+    """Refuse anything but a plain one-to-many YOLO Detect model (YOLOv8, YOLO11 and alike), saying why.
+
+    Raises:
+        ValueError: the model is not a detection model, is already merged, or has an end-to-end head.
+    """
+    inner = detection_model(model)
+    head = inner.model[-1]
+    task = getattr(model, "task", None) or getattr(inner, "task", "detect")
+    if type(head).__name__ == "ConcatHead":
+        raise ValueError(
+            f"the {role} is already a merged model; merge heads onto the original base model instead of a merged one"
+        )
+    if task != "detect" or type(head) is not Detect:
+        raise ValueError(
+            f"the {role} is a '{task}' model with a {type(head).__name__} head; headkit adds Detect heads to plain "
+            "object-detection models only — use a detect checkpoint such as yolov8n.pt or yolo11n.pt"
+        )
+    if getattr(head, "one2one_cv2", None) is not None or head.cv2 is None:
+        raise ValueError(
+            f"the {role} has an end-to-end (NMS-free) Detect head, as YOLO26 and YOLOv10 do; merging such heads is not "
+            "supported yet — use a YOLOv8 or YOLO11 detect base"
+        )
+
+
+def clone_model(model: YOLO) -> YOLO:
+    """Deep copy of a YOLO wrapper (weights bit-exact) without its predictor, trainer or training checkpoint."""
+    saved = model.predictor, model.trainer, model.ckpt
+    model.predictor, model.trainer, model.ckpt = None, None, {}
+    try:
+        clone = copy.deepcopy(model)
+    finally:
+        model.predictor, model.trainer, model.ckpt = saved
+    return clone

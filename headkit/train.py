@@ -1,0 +1,173 @@
+"""train_head(): a new Detect head on the base's frozen trunk, with progress, cancel and proof the trunk is untouched."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .headfile import Head, extract_head
+from .model import clone_model, ensure_detect_base
+from .trunk import detection_model, head_index
+
+LOGGER = logging.getLogger(__name__)
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised when `stop()` asked for it; no head is produced or written."""
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress report: `kind` is "batch" (fraction only) or "epoch" (losses and val metrics too)."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    fraction: float
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the head, val metrics per class, Ultralytics' run folder and the wall time."""
+
+    head: Head
+    metrics: dict[str, dict[str, float]]
+    run_dir: Path
+    seconds: float
+
+    def plots(self) -> list[Path]:
+        """Ultralytics' result plots (results, PR curve, confusion matrix, ...), if it made them."""
+        return sorted(p for p in self.run_dir.glob("*.png"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "names": self.head.names,
+            "metrics": self.metrics,
+            "run_dir": str(self.run_dir),
+            "seconds": round(self.seconds, 2),
+            "trunk_check": self.head.metadata.get("trunk_check"),
+        }
+
+
+def default_device() -> str:
+    """"0" (first GPU) when CUDA is available, else "cpu"."""
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def _data_yaml(data: str | Path, base) -> Path:
+    path = Path(data)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        return path
+    from .datasets import load_dataset
+
+    base_names = detection_model(base).names.values()
+    return load_dataset(path, base_names=base_names).yaml_path
+
+
+def _per_class_metrics(trainer) -> dict[str, dict[str, float]]:
+    """Per-class P, R, mAP50, mAP50-95 on the val split from the trainer's final validation, plus "all"."""
+    metrics = trainer.validator.metrics
+    names = trainer.validator.names
+    table = {}
+    for i, class_index in enumerate(metrics.ap_class_index):
+        p, r, map50, map5095 = metrics.class_result(i)
+        table[names[int(class_index)]] = {"P": p, "R": r, "mAP50": map50, "mAP50-95": map5095}
+    p, r, map50, map5095 = metrics.mean_results()
+    table["all"] = {"P": p, "R": r, "mAP50": map50, "mAP50-95": map5095}
+    return {name: {k: round(float(v), 4) for k, v in row.items()} for name, row in table.items()}
+
+
+def _attach_callbacks(model, progress, stop) -> None:
+    state = {"batch": 0, "reported": 0}
+
+    def on_epoch_start(trainer):
+        state["batch"] = 0
+
+    def on_batch_end(trainer):
+        state["batch"] += 1
+        if stop is not None and stop():
+            raise TrainingCancelled("training stopped on request; no head was saved")
+        if progress is not None:
+            batches = max(len(trainer.train_loader), 1)
+            fraction = (trainer.epoch + state["batch"] / batches) / trainer.epochs
+            progress(TrainProgress("batch", trainer.epoch + 1, trainer.epochs, min(fraction, 1.0)))
+
+    def on_fit_epoch_end(trainer):
+        if progress is None or trainer.epoch + 1 <= state["reported"] or trainer.epoch >= trainer.epochs:
+            return  # the final validation of best.pt reports again, as an extra epoch
+        state["reported"] = trainer.epoch + 1
+        losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
+        metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
+        fraction = (trainer.epoch + 1) / trainer.epochs
+        progress(TrainProgress("epoch", trainer.epoch + 1, trainer.epochs, fraction, losses, metrics))
+
+    model.add_callback("on_train_epoch_start", on_epoch_start)
+    model.add_callback("on_train_batch_end", on_batch_end)
+    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+
+
+def train_head(
+    base,
+    data: str | Path,
+    *,
+    epochs: int = 30,
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str = "auto",
+    progress: Callable[[TrainProgress], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    project: str | Path | None = None,
+    name: str = "head",
+    **overrides: Any,
+) -> TrainResult:
+    """Train a new Detect head for the dataset's classes on the base's frozen trunk with Ultralytics' own trainer.
+
+    Every layer before the head is frozen (`freeze=` the head index read from the model) and Ultralytics 8.4 keeps
+    their BatchNorm layers in eval mode. The head is taken from the trained model after checking its trunk still
+    equals the base's; merging later uses the base's own trunk.
+
+    Args:
+        data: a data.yaml, a dataset folder or a .zip (validated by `load_dataset`).
+        device: "auto" (GPU if present), "cpu", or a CUDA index such as "0".
+        progress: called per batch and per epoch with a TrainProgress.
+        stop: polled after every batch; returning True cancels (TrainingCancelled) and nothing is saved.
+        **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
+    """
+    ensure_detect_base(base)
+    yaml_path = _data_yaml(data, base)
+    device = default_device() if device == "auto" else device
+    settings = {
+        "data": str(yaml_path),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": device,
+        "freeze": head_index(base),
+        "project": str(Path(project or "runs/headkit").resolve()),
+        "name": name,
+        "exist_ok": True,
+        "plots": True,
+        "verbose": False,
+        "workers": min(4, os.cpu_count() or 1) if device != "cpu" else min(2, os.cpu_count() or 1),
+        **overrides,
+    }
+    model = clone_model(base)
+    model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
+    _attach_callbacks(model, progress, stop)
+    started = time.perf_counter()
+    model.train(**settings)
+    seconds = time.perf_counter() - started
+    trainer = model.trainer
+    metrics = _per_class_metrics(trainer)
+    head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=overrides.get("trained_with", "plain"))
+    LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
+    return TrainResult(head=head, metrics=metrics, run_dir=Path(trainer.save_dir), seconds=seconds)

@@ -1,0 +1,172 @@
+"""merge(): old classes keep their exact boxes and confidences; new classes are exactly what their head alone gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import headkit
+from headkit.trunk import trunk_state
+
+CONF = 0.05  # low enough that a few new-head detections appear on plate images
+
+
+def detections(model, image, *, conf=CONF, imgsz=640):
+    """Boxes as rows [x1, y1, x2, y2, conf, cls], sorted so two runs can be compared row by row.
+
+    max_det is raised so the per-image cap (300 by default, shared by all classes) never cuts a low-confidence box.
+    """
+    boxes = model.predict(image, conf=conf, imgsz=imgsz, max_det=3000, verbose=False)[0].boxes
+    rows = torch.cat([boxes.xyxy, boxes.conf[:, None], boxes.cls[:, None]], dim=1).numpy()
+    return rows[np.lexsort((rows[:, 4], rows[:, 5]))]
+
+
+def assert_same(a, b, *, tol=1e-5):
+    assert a.shape == b.shape, f"{len(a)} vs {len(b)} detections"
+    if len(a):
+        assert np.abs(a - b).max() <= tol
+
+
+@pytest.fixture(scope="module")
+def merged(base, plate_head):
+    return headkit.merge(base, plate_head)
+
+
+def test_names_are_base_then_head(base, plate_head, merged):
+    assert merged.names == {0: "Normal", 1: "Fall", 2: "license_plate"}
+    assert merged.task == "detect"
+
+
+def test_base_classes_unchanged(base, merged, bus_jpg, zidane_jpg, plate_images):
+    nb = len(base.names)
+    for image in [bus_jpg, zidane_jpg, *plate_images]:
+        ours = detections(merged, image)
+        assert_same(ours[ours[:, 5] < nb], detections(base, image))
+    assert len(detections(base, bus_jpg, conf=0.25)) == 4  # the base finds the 4 people on bus.jpg
+
+
+def test_head_classes_equal_trunk_plus_that_head(base, plate_head, merged, plate_images):
+    custom = headkit.merge(base, plate_head, keep_base_head=False)
+    assert custom.names == {0: "license_plate"}
+    found = 0
+    for image in plate_images:
+        ours = detections(merged, image)
+        alone = detections(custom, image)
+        ours = ours[ours[:, 5] >= 2]
+        ours[:, 5] -= 2
+        assert_same(ours, alone)
+        found += len(alone)
+    assert found > 0, "the plate head should find plates in plate images"
+
+
+def test_three_heads_stacked(base, plate_head, tiny_head, bus_jpg, plate_images):
+    own = headkit.extract_head(base, base)  # the base's own head as a third, independent head
+    merged = headkit.merge(base, plate_head, tiny_head, own)
+    assert list(merged.names.values()) == ["Normal", "Fall", "license_plate", "license_plate_2", "Normal_2", "Fall_2"]
+    offsets = [(plate_head, 2), (tiny_head, 3), (own, 4)]
+    for image in [bus_jpg, plate_images[0]]:
+        rows = detections(merged, image, conf=0.01)
+        assert_same(rows[rows[:, 5] < 2], detections(base, image, conf=0.01))
+        for head, offset in offsets:
+            alone = detections(headkit.merge(base, head, keep_base_head=False), image, conf=0.01)
+            mine = rows[(rows[:, 5] >= offset) & (rows[:, 5] < offset + head.nc)].copy()
+            mine[:, 5] -= offset
+            assert_same(mine, alone)
+
+
+def test_raw_outputs_exact(base, merged):
+    image = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        y_base = base.model.eval()(image)[0]
+        y_merged = merged.model.eval()(image)[0]
+    anchors = y_base.shape[2]
+    assert y_merged.shape == (1, 4 + 3, 2 * anchors)
+    assert torch.equal(y_merged[:, :6, :anchors], y_base)  # boxes and base scores, bit for bit
+    assert torch.count_nonzero(y_merged[:, 6:, :anchors]) == 0  # the base anchors score 0 for the new class
+    assert torch.count_nonzero(y_merged[:, 4:6, anchors:]) == 0  # the head anchors score 0 for base classes
+
+
+def test_trunk_is_the_base_byte_for_byte(base, merged):
+    ours, theirs = trunk_state(merged), trunk_state(base)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
+    assert headkit.fingerprint(merged) == headkit.fingerprint(base)
+
+
+def test_base_object_not_modified(base, plate_head):
+    before = headkit.fingerprint(base)
+    headkit.merge(base, plate_head)
+    assert headkit.fingerprint(base) == before and base.names == {0: "Normal", 1: "Fall"}
+
+
+def test_saved_merged_model_reloads(tmp_path, merged, bus_jpg, plate_images):
+    path = tmp_path / "merged.pt"
+    merged.save(path)
+    again = headkit.load_model(path)
+    assert again.names == merged.names
+    for image in [bus_jpg, plate_images[0]]:
+        assert_same(detections(again, image), detections(merged, image), tol=1e-4)
+
+
+def test_fp16_base_classes_exact(base, plate_head):
+    if not torch.cuda.is_available():
+        device = "cpu"
+    else:
+        device = "cuda"
+    half_base = headkit.load_model(base.ckpt_path)
+    half_base.model.to(device).half().eval()
+    merged = headkit.merge(half_base, plate_head)
+    assert next(merged.model.parameters()).dtype == torch.float16
+    image = torch.rand(1, 3, 256, 256, device=device).half()
+    with torch.no_grad():
+        y_base = half_base.model(image)[0]
+        y_merged = merged.model(image)[0]
+    anchors = y_base.shape[2]
+    assert y_merged.dtype == torch.float16 and y_merged.device == y_base.device
+    assert torch.equal(y_merged[:, :6, :anchors], y_base)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_predict_base_classes_unchanged(base, plate_head, bus_jpg):
+    merged = headkit.merge(base, plate_head)
+    a = merged.predict(bus_jpg, device=0, verbose=False)[0].boxes
+    b = base.predict(bus_jpg, device=0, verbose=False)[0].boxes
+    keep = a.cls < 2
+    assert torch.allclose(a.conf[keep].sort().values, b.conf.sort().values, atol=1e-5)
+
+
+def test_onnx_export_matches_torch(tmp_path, merged):
+    import onnxruntime
+
+    path = merged.export(format="onnx", imgsz=320, simplify=False, project=str(tmp_path))
+    image = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        expected = merged.model.eval()(image)[0].numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    assert got.shape == expected.shape == (1, 4 + 3, 2 * 2100)
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def test_val_on_merged_names(tmp_path, base, plate_head, tiny_plates):
+    """A dataset labelled with merged indices validates on the merged model as on the plate head alone."""
+    import shutil
+
+    remapped = tmp_path / "remapped"
+    shutil.copytree(tiny_plates, remapped)
+    for label in (remapped / "labels").rglob("*.txt"):
+        label.write_text("".join("2" + line[1:] for line in label.read_text().splitlines(keepends=True)))
+    (remapped / "data.yaml").write_text(
+        "train: images/train\nval: images/val\nnames:\n  0: Normal\n  1: Fall\n  2: license_plate\n"
+    )
+    for cache in remapped.rglob("*.cache"):
+        cache.unlink()
+    merged = headkit.merge(base, plate_head)
+    custom = headkit.merge(base, plate_head, keep_base_head=False)
+    m = merged.val(data=str(remapped / "data.yaml"), imgsz=320, batch=4, workers=0, plots=False, verbose=False,
+                   project=str(tmp_path), name="m")
+    c = custom.val(data=str(tiny_plates / "data.yaml"), imgsz=320, batch=4, workers=0, plots=False, verbose=False,
+                   project=str(tmp_path), name="c")
+    assert m.box.map50 > 0.3
+    assert abs(m.box.map50 - c.box.map50) < 1e-6

@@ -13,8 +13,16 @@ from .train import train_head
 
 def _train(args: argparse.Namespace) -> None:
     base = load_model(args.base)
-    result = train_head(base, args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=args.device,
-                        project=args.project, name=args.name)
+    result = train_head(
+        base,
+        args.data,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        project=args.project,
+        name=args.name,
+    )
     result.head.metadata["label"] = args.label or Path(args.out).stem
     result.head.save(args.out)
     print(json.dumps({**result.to_dict(), "head": str(args.out)}, indent=2, default=str))

@@ -157,7 +157,9 @@ def _read_safetensors(path: Path) -> Head:
             raw = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as e:  # safetensors raises its own SafetensorError for any malformed header
-        raise ValueError(f"{path.name}: not a readable .safetensors file ({e}); download or export the head again") from e
+        raise ValueError(
+            f"{path.name}: not a readable .safetensors file ({e}); download or export the head again"
+        ) from e
     try:
         metadata = {key: json.loads(value) for key, value in raw.items()}
     except json.JSONDecodeError as e:
@@ -182,7 +184,9 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None) -> H
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses any pickled object that is not plain tensors/containers
-        raise ValueError(f"{path.name}: not a plain state dict of tensors ({type(e).__name__}); refusing to load") from e
+        raise ValueError(
+            f"{path.name}: not a plain state dict of tensors ({type(e).__name__}); refusing to load"
+        ) from e
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path.name}: expected a dict of tensors keyed like 'model.model.23.cv2.0.0.conv.weight'")
     stripped = {}
@@ -221,7 +225,9 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None) -> H
     return head
 
 
-def load_head(source: str | Path, *, revision: str | None = None, base=None, names: dict[int, str] | None = None) -> Head:
+def load_head(
+    source: str | Path, *, revision: str | None = None, base=None, names: dict[int, str] | None = None
+) -> Head:
     """Load a head from a local path or `hf://owner/repo/head.safetensors[@rev]`.
 
     Args:

@@ -45,7 +45,7 @@ class ConcatHead(nn.Module):
     def _join(self, predictions: list[torch.Tensor]) -> torch.Tensor:
         boxes = torch.cat([p[:, :4] for p in predictions], dim=2)
         scores, offset = [], 0
-        for p, head in zip(predictions, self.heads):
+        for p, head in zip(predictions, self.heads, strict=True):
             # zero rows above and below this head's classes (F.pad keeps the graph exportable)
             scores.append(F.pad(p[:, 4:], (0, 0, offset, self.nc - offset - head.nc)))
             offset += head.nc

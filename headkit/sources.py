@@ -86,7 +86,9 @@ def download(hub_file: HubFile, *, settings: Settings | None = None) -> Path:
             "set HF_TOKEN to a token that can read it)"
         ) from e
     except RevisionNotFoundError as e:
-        raise FileNotFoundError(f"{hub_file}: revision '{hub_file.revision}' not found; check the branch or commit") from e
+        raise FileNotFoundError(
+            f"{hub_file}: revision '{hub_file.revision}' not found; check the branch or commit"
+        ) from e
     except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError: test it first
         why = "offline mode is on (HF_HUB_OFFLINE)" if settings.offline else f"{settings.hf_endpoint} cannot be reached"
         raise ConnectionError(
@@ -122,7 +124,9 @@ def resolve(source: str | Path, *, revision: str | None = None, settings: Settin
         if path.is_file():
             return path
         if path.parent != Path(".") or not path.suffix:
-            raise FileNotFoundError(f"no file at '{text}'; give an existing path, a bare name like yolov8n.pt, or hf://")
+            raise FileNotFoundError(
+                f"no file at '{text}'; give an existing path, a bare name like yolov8n.pt, or hf://"
+            )
         local = _in_weights_dirs(path.name, settings)
         if local:
             return local

@@ -59,7 +59,7 @@ class TrainResult:
 
 
 def default_device() -> str:
-    """"0" (first GPU) when CUDA is available, else "cpu"."""
+    """ "0" (first GPU) when CUDA is available, else "cpu"."""
     return "0" if torch.cuda.is_available() else "cpu"
 
 

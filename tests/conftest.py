@@ -68,6 +68,7 @@ def tiny_plates(tmp_path: Path, plates_dir: Path) -> Path:
     """A writable copy of 8 train / 4 val plate images with a data.yaml."""
     return copy_tiny_plates(plates_dir, tmp_path / "tiny_plates")
 
+
 SHIPPED_HEAD = REPO / "weights" / "license_plate.safetensors"
 
 
@@ -102,8 +103,17 @@ def tiny_run(tmp_path_factory, base, plates_dir):
     root = tmp_path_factory.mktemp("tiny_run")
     data = copy_tiny_plates(plates_dir, root / "data")
     events = []
-    result = train_head(base, data / "data.yaml", epochs=1, imgsz=160, batch=4, device="cpu", workers=0,
-                        project=root / "runs", progress=events.append)
+    result = train_head(
+        base,
+        data / "data.yaml",
+        epochs=1,
+        imgsz=160,
+        batch=4,
+        device="cpu",
+        workers=0,
+        project=root / "runs",
+        progress=events.append,
+    )
     return result, events
 
 

@@ -1,0 +1,147 @@
+"""Safe zip extraction: nothing lands outside the target folder, links are skipped, bombs are stopped early."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+class ArchiveError(ValueError):
+    """An archive that is refused: unsafe paths, too big, too many entries, corrupt or encrypted."""
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    """Upper bounds for one uploaded zip.
+
+    Attributes:
+        max_total_bytes: Uncompressed bytes over all entries.
+        max_entries: Entries, folders included.
+        max_ratio: Uncompressed / compressed size, of each entry and of the whole zip; checked above
+            `ratio_floor_bytes`, because small text files (labels) legitimately compress far better than images.
+        ratio_floor_bytes: Uncompressed size (of an entry, or of the whole zip) below which no ratio is checked.
+    """
+
+    max_total_bytes: int = 2 * 1024**3
+    max_entries: int = 20_000
+    max_ratio: float = 100.0
+    ratio_floor_bytes: int = 1 << 20
+
+
+def extract_zip(archive: str | Path, dest: str | Path, *, limits: ZipLimits = ZipLimits()) -> list[str]:
+    """Extract `archive` into `dest` (created), refusing anything unsafe.
+
+    Declared sizes are checked before anything is written, and actual bytes again while streaming, so a zip whose
+    headers lie is stopped as well. On refusal `dest` is removed, so no partial extraction is left behind.
+
+    Returns:
+        Warnings, e.g. for skipped symlinks.
+
+    Raises:
+        ArchiveError: The zip is unreadable, unsafe or over `limits`.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _extract(archive, dest.resolve(), limits)
+    except ArchiveError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ArchiveError(
+            f"{archive.name}: could not be extracted ({e}); expected a plain, unencrypted zip; re-create it "
+            "with a standard zip tool"
+        ) from e
+
+
+def _extract(archive: Path, dest: Path, limits: ZipLimits) -> list[str]:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        _check_declared(archive.name, infos, limits)
+        warnings, total = [], 0
+        for info in infos:
+            name = _safe_name(archive.name, info.filename)
+            if name is None:
+                continue
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                what = "symlink" if kind == stat.S_IFLNK else "special file"
+                warnings.append(f"{archive.name}: ignored {what} '{info.filename}' (links are never extracted)")
+                logger.warning(warnings[-1])
+                continue
+            target = dest / name
+            if not target.resolve().is_relative_to(dest):
+                raise ArchiveError(f"{archive.name}: entry '{info.filename}' resolves outside the extraction folder")
+            if info.is_dir() or kind == stat.S_IFDIR:
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            total = _stream(zf, info, target, total, archive.name, limits)
+    return warnings
+
+
+def _check_declared(archive: str, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+    if len(infos) > limits.max_entries:
+        raise ArchiveError(
+            f"{archive}: {len(infos)} entries, but at most {limits.max_entries} are accepted; upload fewer files"
+        )
+    declared = sum(i.file_size for i in infos)
+    if declared > limits.max_total_bytes:
+        raise ArchiveError(
+            f"{archive}: {declared} bytes uncompressed, but at most {limits.max_total_bytes} are accepted; "
+            "upload a smaller dataset"
+        )
+    for info in infos:
+        if info.file_size > limits.ratio_floor_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            raise ArchiveError(
+                f"{archive}: entry '{info.filename}' expands {info.file_size / max(info.compress_size, 1):.0f}x "
+                f"(limit {limits.max_ratio:.0f}x); this looks like a zip bomb, so the zip is refused"
+            )
+    packed = sum(i.compress_size for i in infos)
+    if declared > limits.ratio_floor_bytes and declared > limits.max_ratio * max(packed, 1):
+        raise ArchiveError(
+            f"{archive}: expands {declared / max(packed, 1):.0f}x overall (limit {limits.max_ratio:.0f}x); this "
+            "looks like a zip bomb (many small, highly compressed entries), so the zip is refused"
+        )
+
+
+def _safe_name(archive: str, name: str) -> PurePosixPath | None:
+    """Entry name as a relative path, or None for the root; refuses absolute paths and `..`."""
+    name = name.replace("\\", "/")
+    path = PurePosixPath(name)
+    if name.startswith("/") or PureWindowsPath(name).drive or ".." in path.parts or "\x00" in name:
+        raise ArchiveError(
+            f"{archive}: entry '{name}' points outside the dataset folder (absolute path or '..'); "
+            "expected relative paths only; re-create the zip from inside the dataset folder"
+        )
+    parts = [p for p in path.parts if p not in ("", ".")]
+    return PurePosixPath(*parts) if parts else None
+
+
+def _stream(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, total: int, archive: str, limits: ZipLimits
+) -> int:
+    """Copy one entry in chunks, enforcing the limits on the bytes actually produced; returns the new total."""
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            written += len(chunk)
+            total += len(chunk)
+            over_ratio = written > limits.ratio_floor_bytes and written > limits.max_ratio * max(info.compress_size, 1)
+            if written > info.file_size or total > limits.max_total_bytes or over_ratio:
+                raise ArchiveError(
+                    f"{archive}: entry '{info.filename}' produced more data than allowed (declared "
+                    f"{info.file_size} bytes, limits {limits}); the zip is refused as a possible zip bomb"
+                )
+            dst.write(chunk)
+    return total

@@ -1,0 +1,245 @@
+"""Uploaded zip or folder → validated YOLO detection dataset with a data.yaml Ultralytics accepts, or a clear refusal."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings as pywarnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
+
+from headkit.archive import ArchiveError, ZipLimits, extract_zip
+from headkit.labels import DatasetError, load_yaml, parse_label_line, read_names, read_text
+from headkit.layout import (
+    LAYOUTS,
+    Record,
+    find_classes_txt,
+    find_root,
+    find_splits,
+    is_normalized,
+    labels_dir,
+    materialize,
+    rel,
+    split_val,
+    visible,
+)
+
+__all__ = ["DatasetError", "DatasetSummary", "SplitCounts", "ZipLimits", "load_dataset", "parse_label_line"]
+
+logger = logging.getLogger(__name__)
+
+MAX_IMAGE_PIXELS = 80_000_000
+"""Largest accepted image (w * h): 50 MP phone photos pass; bigger ones are refused before they are decoded."""
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """What one split holds; `per_class` maps every class id to its box count (zeros included)."""
+
+    images: int
+    labelled: int
+    boxes: int
+    per_class: dict[int, int]
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A validated dataset: `yaml_path` has no `path:` key, so its splits resolve against `root` from any cwd."""
+
+    root: Path
+    yaml_path: Path
+    names: dict[int, str]
+    splits: dict[str, SplitCounts]
+    warnings: list[str]
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (string keys, class names instead of ids) for the app and `gradio_client`."""
+        splits = {
+            split: {
+                "images": c.images,
+                "labelled": c.labelled,
+                "boxes": c.boxes,
+                "per_class": {self.names[i]: n for i, n in c.per_class.items()},
+            }
+            for split, c in self.splits.items()
+        }
+        return {
+            "root": str(self.root),
+            "yaml_path": str(self.yaml_path),
+            "names": {str(i): n for i, n in self.names.items()},
+            "splits": splits,
+            "warnings": list(self.warnings),
+        }
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    work_dir: str | Path | None = None,
+    base_names: Iterable[str] = (),
+    val_fraction: float = 0.2,
+    limits: ZipLimits = ZipLimits(),  # noqa: B008 (frozen dataclass, immutable)
+) -> DatasetSummary:
+    """Validate a YOLO detection dataset (folder or .zip) and return where Ultralytics can train on it.
+
+    A folder that already has train and val splits and a data.yaml pointing at them without `path:` is used in place
+    and never written to. Anything else (zips, Roboflow layout, no val split, no data.yaml) is rebuilt in a new folder
+    under `work_dir` (a new temporary folder when None); that folder is removed again on refusal.
+
+    Args:
+        source: Dataset folder or .zip, in Ultralytics or Roboflow YOLO layout, possibly inside one top folder.
+        work_dir: Where zips are extracted and datasets rebuilt.
+        base_names: The base model's class names; a new class with the same name is warned about.
+        val_fraction: Share of train images moved to val when there is no val split.
+        limits: Bounds for zip uploads.
+
+    Raises:
+        DatasetError: The dataset cannot be trained on as it is; the message says where, why and how to fix it.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    source, job = Path(source), _Job(work_dir)
+    options = {"base_names": base_names, "val_fraction": val_fraction}
+    try:
+        if source.is_dir():
+            return _load(source, job, move=False, notes=[], **options)
+        if source.is_file() and source.suffix.lower() == ".zip":
+            notes = extract_zip(source, job.path / "extracted", limits=limits)
+            return _load(job.path / "extracted", job, move=True, notes=notes, **options)
+        found = "nothing" if not source.exists() else f"a {source.suffix or 'extension-less'} file"
+        raise DatasetError(f"{source}: expected a dataset folder or a .zip, found {found}")
+    except ArchiveError as e:
+        job.discard()
+        raise DatasetError(str(e)) from e
+    except DatasetError:
+        job.discard()
+        raise
+
+
+class _Job:
+    """The folder for extracted or rebuilt data, created on first use so in-place datasets write nothing."""
+
+    def __init__(self, work_dir: str | Path | None) -> None:
+        self._work_dir, self._path = work_dir, None
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            if self._work_dir is not None:
+                Path(self._work_dir).mkdir(parents=True, exist_ok=True)
+            self._path = Path(tempfile.mkdtemp(prefix="headkit-dataset-", dir=self._work_dir))
+        return self._path
+
+    def discard(self) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+
+
+def _load(
+    base: Path, job: _Job, *, move: bool, notes: list[str], base_names: Iterable[str], val_fraction: float
+) -> DatasetSummary:
+    root = find_root(base)
+    dirs = find_splits(root, base)
+    yaml_path = next((root / n for n in ("data.yaml", "data.yml") if (root / n).is_file()), None)
+    yaml_rel = rel(yaml_path, base) if yaml_path else ""
+    data = load_yaml(yaml_path, yaml_rel) if yaml_path else {}
+    txt = find_classes_txt(root, dirs)
+    names = read_names(data, yaml_rel, txt, rel(txt, base) if txt else "")
+    records = {split: _scan_split(d, base, len(names), notes, split) for split, d in dirs.items()}
+    records = {split: records[split] for split in ("train", "val", "test") if records.get(split)}
+    if not records:
+        formats = ", ".join(sorted(IMG_FORMATS))
+        raise DatasetError(f"{root.name}: no images found; expected image files ({formats}) in {LAYOUTS}")
+    if "train" not in records:
+        raise DatasetError(f"{root.name}: the train split has no images; expected {LAYOUTS}")
+    in_place = "val" in records and is_normalized(data, yaml_path, root, {s: dirs[s] for s in records})
+    if "val" not in records:
+        records["train"], records["val"] = split_val(records["train"], val_fraction, root.name)
+    out = root if in_place else job.path / "dataset"
+    yaml_out = yaml_path if in_place else materialize(records, names, out, move=move)
+    try:
+        check_det_dataset(str(yaml_out), autodownload=False)
+    except (SyntaxError, TypeError, KeyError, AssertionError, FileNotFoundError, ValueError) as e:
+        raise DatasetError(f"{yaml_out.name}: Ultralytics refused the dataset ({e})") from e
+    taken = {n.strip().lower() for n in base_names}
+    for i, name in names.items():
+        if name.lower() in taken:
+            notes.append(
+                f"class '{name}' (id {i}) is also a class of the base model; the merged model will report both, "
+                "rename it if it means something else"
+            )
+    for note in notes:
+        logger.warning(note)
+    counts = {split: _count(recs, len(names)) for split, recs in records.items()}
+    return DatasetSummary(root=out, yaml_path=yaml_out, names=names, splits=counts, warnings=notes)
+
+
+def _check_image(path: Path, where: str) -> None:
+    """Refuse what Ultralytics would drop or choke on: unreadable, truncated, tiny, exotic or huge images."""
+    try:
+        with pywarnings.catch_warnings():
+            pywarnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size, fmt = im.size, (im.format or "").lower()
+                if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(f"{size[0]}x{size[1]} pixels")
+                im.verify()
+            with Image.open(path) as im:
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(
+            f"{where}: image too large ({e}); at most {MAX_IMAGE_PIXELS} pixels are accepted; resize it"
+        ) from e
+    except Exception as e:  # PIL raises many types on malformed files (OSError, SyntaxError, struct.error, ...)
+        raise DatasetError(f"{where}: not a readable image ({e}); re-export it as JPEG or PNG, or delete it") from e
+    if fmt not in IMG_FORMATS | {"jpeg2000"}:
+        raise DatasetError(f"{where}: is a {fmt.upper()} file; Ultralytics reads {', '.join(sorted(IMG_FORMATS))}")
+    if min(size) < 10:
+        raise DatasetError(f"{where}: {size[0]}x{size[1]} pixels; Ultralytics skips images under 10 px, delete it")
+
+
+def _scan_split(images_dir: Path, base: Path, nc: int, notes: list[str], split: str) -> list[Record]:
+    """Check every image and label of one split; record its boxes and note background images and orphan labels."""
+    images = sorted(
+        p
+        for p in images_dir.rglob("*")
+        if p.suffix[1:].lower() in IMG_FORMATS
+        and p.is_file()
+        and all(visible(Path(part)) for part in p.relative_to(images_dir).parts)
+    )
+    labels = [Path(p) for p in img2label_paths(images)]
+    records, background = [], []
+    for image, label in zip(images, labels, strict=True):
+        _check_image(image, rel(image, base))
+        classes = []
+        if label.is_file():
+            where = rel(label, base)
+            for no, line in enumerate(read_text(label, where).splitlines(), 1):
+                if line.strip():
+                    classes.append(parse_label_line(line, nc=nc, file=where, line_no=no)[0])
+        if not classes:
+            background.append(rel(image, base))
+        records.append(Record(image, images_dir, classes))
+    folder = labels_dir(images_dir)
+    orphans = sorted(set(folder.rglob("*.txt")) - set(labels) - set(folder.rglob("classes.txt")))
+    for what, files in (
+        ("image(s) without boxes (background images)", background),
+        ("label file(s) without an image, ignored", [rel(p, base) for p in orphans]),
+    ):
+        if files:
+            more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+            notes.append(f"{split}: {len(files)} {what}: {', '.join(files[:5])}{more}")
+    return records
+
+
+def _count(records: list[Record], nc: int) -> SplitCounts:
+    classes = [c for r in records for c in r.classes]
+    per_class = dict(enumerate(np.bincount(np.asarray(classes, dtype=np.int64), minlength=nc).tolist()))
+    labelled = sum(bool(r.classes) for r in records)
+    return SplitCounts(images=len(records), labelled=labelled, boxes=len(classes), per_class=per_class)

@@ -1,0 +1,134 @@
+"""What a YOLO dataset's text says: label rows, label files, class names; anything malformed is a DatasetError."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+class DatasetError(ValueError):
+    """A dataset that is refused; the message names the file (and line), what was expected and the fix."""
+
+
+def parse_label_line(
+    line: str, *, nc: int, file: str = "", line_no: int = 0, allow_polygons: bool = False
+) -> tuple[int, np.ndarray]:
+    """Parse one YOLO label row `class cx cy w h` (normalised to [0, 1]).
+
+    Returns:
+        Class id and xywhn (4,) float32; with `allow_polygons`, a `class x1 y1 x2 y2 ...` row gives xyn (K, 2).
+    """
+    where = f"{file or 'label'}{f' line {line_no}' if line_no else ''}"
+    fields = line.split()
+    n = len(fields)
+    polygon = n >= 7 and n % 2 == 1
+    if n != 5 and not (allow_polygons and polygon):
+        if n > 5:
+            kind = "a segment (polygon) label" if polygon else "a pose (keypoint) label or a row with scores"
+            raise DatasetError(
+                f"{where}: found {n} columns, but detection labels have exactly 5 (class cx cy w h); this looks like "
+                f"{kind}; export the dataset in YOLO detection (box) format"
+            )
+        raise DatasetError(f"{where}: found {n} columns, expected 5 (class cx cy w h); complete or delete the row")
+    values = []
+    for token in fields:
+        value = float(token) if _NUMBER.fullmatch(token) else math.nan
+        if not math.isfinite(value):
+            raise DatasetError(f"{where}: {token[:20]!r} is not a number; expected 5 numbers (class cx cy w h)")
+        values.append(value)
+    cls = values[0]
+    if cls != int(cls):
+        raise DatasetError(f"{where}: class id {fields[0]} is not an integer; expected 0..{nc - 1}")
+    if not 0 <= cls < nc:
+        raise DatasetError(
+            f"{where}: class id {int(cls)} is outside 0..{nc - 1} ({nc} class names); fix the id or add the class name"
+        )
+    coords = np.asarray(values[1:], dtype=np.float64)
+    if coords.min() < 0 or coords.max() > 1:
+        raise DatasetError(
+            f"{where}: coordinates must be normalised to [0, 1], found {fields[1:]}; divide pixel values by the "
+            "image width and height"
+        )
+    if n == 5 and (coords[2] <= 0 or coords[3] <= 0):
+        raise DatasetError(f"{where}: box width and height must be > 0, found w={fields[3]} h={fields[4]}")
+    return int(cls), coords.astype(np.float32) if n == 5 else coords.reshape(-1, 2).astype(np.float32)
+
+
+def load_yaml(path: Path, rel: str) -> dict:
+    """A data.yaml as a mapping; YAML syntax errors name their line."""
+    try:
+        data = yaml.safe_load(read_text(path, rel))
+    except (yaml.YAMLError, RecursionError, ValueError) as e:  # bad dates raise ValueError, deep nesting recursion
+        mark = getattr(e, "problem_mark", None)
+        where = f"{rel} line {mark.line + 1}" if mark else rel
+        raise DatasetError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DatasetError(f"{rel}: expected a mapping with `names:`, found {type(data).__name__}")
+    return data
+
+
+def read_names(data: dict, yaml_rel: str, classes_txt: Path | None, txt_rel: str) -> dict[int, str]:
+    """Class names from data.yaml `names:` (list or mapping), else from a LabelImg-style classes.txt (one a line)."""
+    if data.get("names") is not None:
+        raw, source = data["names"], yaml_rel
+        if isinstance(raw, list):
+            raw = dict(enumerate(raw))
+        if not isinstance(raw, dict):
+            raise DatasetError(f"{source}: `names:` must be a list or a mapping, found {type(raw).__name__}")
+        if "nc" in data and data["nc"] != len(raw):
+            raise DatasetError(f"{source}: `nc: {data['nc']}` but {len(raw)} names; make them agree")
+    elif classes_txt is not None:
+        raw, source = dict(enumerate(read_text(classes_txt, txt_rel).rstrip().splitlines())), txt_rel
+    else:
+        raise DatasetError(
+            f"{yaml_rel or 'dataset'}: no class names; expected data.yaml with `names:` or classes.txt (one name a line)"
+        )
+    names: dict[int, str] = {}
+    for key, value in raw.items():
+        if isinstance(key, bool) or not isinstance(key, int | str) or not str(key).strip().isdecimal():
+            raise DatasetError(f"{source}: class id {key!r} is not an integer; expected ids 0..{len(raw) - 1}")
+        if not isinstance(value, str | int | float) or not str(value).strip():
+            raise DatasetError(f"{source}: class {key} has no usable name (found {value!r}); give it a text name")
+        names[int(key)] = str(value).strip()
+    if not names:
+        raise DatasetError(f"{source}: no class names; list at least one class")
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{source}: class ids must be 0..{len(names) - 1}, found {sorted(names)}")
+    seen: dict[str, int] = {}
+    for i, name in sorted(names.items()):
+        if name in seen:
+            raise DatasetError(
+                f"{source}: class name '{name}' is used twice (ids {seen[name]} and {i}); "
+                "give each class a distinct name"
+            )
+        seen[name] = i
+    return dict(sorted(names.items()))
+
+
+def read_text(path: Path, rel: str) -> str:
+    """UTF-8 text (a BOM is accepted); UTF-16 and binary files are refused, naming the line of the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{rel}: cannot be read ({e.strerror}); check the file's permissions") from e
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DatasetError(f"{rel}: is UTF-16 text, expected UTF-8; re-save the file as UTF-8")
+    bad = data.find(b"\x00")
+    try:
+        if bad >= 0:
+            raise UnicodeDecodeError("utf-8", data, bad, bad + 1, "NUL byte")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{rel} line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text (binary or another "
+            "encoding); expected UTF-8; re-save the file as UTF-8"
+        ) from e

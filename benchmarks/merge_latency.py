@@ -1,0 +1,79 @@
+"""Inference cost of merging: base vs merged with 1, 2, 3 heads vs running base and a single-head model one after the other.
+
+All variants are timed interleaved in one run (round-robin, median of the rounds), so machine load hits them alike.
+CPU, batch 1. Targets: merged(1 head) / base <= 1.30, merged(1 head) / (base + single-head model) <= 0.65.
+
+    python benchmarks/merge_latency.py [--base PATH] [--head PATH] [--imgsz 640] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from ultralytics.utils import ASSETS
+from ultralytics.utils.torch_utils import get_flops
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import headkit  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(REPO.parent / "shared" / "weights" / "yolov8s-fall.pt"))
+    parser.add_argument("--head", default=str(REPO / "weights" / "license_plate.safetensors"))
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base = headkit.load_model(args.base)
+    head = headkit.load_head(args.head)
+    single = headkit.merge(base, head, keep_base_head=False)
+    variants = {
+        "base": [base],
+        "merged, 1 head": [headkit.merge(base, head)],
+        "merged, 2 heads": [headkit.merge(base, head, head)],
+        "merged, 3 heads": [headkit.merge(base, head, head, head)],
+        "base + single-head model": [base, single],
+    }
+    image = str(ASSETS / "bus.jpg")
+    for models in variants.values():  # warm-up: predictor setup, fusing, first-call allocations
+        for model in models:
+            for _ in range(2):
+                model.predict(image, imgsz=args.imgsz, verbose=False)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, models in variants.items():
+            start = time.perf_counter()
+            for model in models:
+                model.predict(image, imgsz=args.imgsz, verbose=False)
+            times[name].append(time.perf_counter() - start)
+
+    median = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    print(
+        f"CPU ({torch.get_num_threads()} threads), batch 1, imgsz {args.imgsz}, bus.jpg, {args.rounds} rounds, "
+        "end-to-end predict (pre-process, forward, NMS)"
+    )
+    print(f"{'variant':28s} {'median ms':>10s} {'p90 ms':>8s} {'GFLOPs':>8s} {'vs base':>8s}")
+    for name, models in variants.items():
+        flops = sum(get_flops(m.model, args.imgsz) for m in models)
+        p90 = statistics.quantiles(times[name], n=10)[-1] * 1000
+        print(f"{name:28s} {median[name]:10.1f} {p90:8.1f} {flops:8.1f} {median[name] / median['base']:8.2f}")
+    one_head = median["merged, 1 head"] / median["base"]
+    versus_two = median["merged, 1 head"] / median["base + single-head model"]
+    print(f"merged(1 head) / base            = {one_head:.2f}  (target <= 1.30)")
+    print(f"merged(1 head) / two models      = {versus_two:.2f}  (target <= 0.65)")
+    return 0 if one_head <= 1.30 and versus_two <= 0.65 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -172,7 +172,12 @@ def _read_safetensors(path: Path) -> Head:
     missing = {"names", "channels", "reg_max", "strides", "legacy", "base_fingerprint"} - metadata.keys()
     if missing:
         raise ValueError(f"{path.name}: head metadata lacks {sorted(missing)}; save the head again with headkit")
-    return Head(tensors, metadata)
+    head = Head(tensors, metadata)
+    try:
+        head.build()
+    except (RuntimeError, TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"{path.name}: its tensors do not match its metadata ({e}); save the head again with headkit") from e
+    return head
 
 
 def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None) -> Head:
@@ -185,7 +190,8 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None) -> H
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses any pickled object that is not plain tensors/containers
         raise ValueError(
-            f"{path.name}: not a plain state dict of tensors ({type(e).__name__}); refusing to load"
+            f"{path.name}: refusing to unpickle it — it holds objects other than tensors, and a pickle can run code "
+            f"({type(e).__name__}); send the head as .safetensors"
         ) from e
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path.name}: expected a dict of tensors keyed like 'model.model.23.cv2.0.0.conv.weight'")

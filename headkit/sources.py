@@ -14,6 +14,8 @@ LOGGER = logging.getLogger(__name__)
 HF_SCHEME = "hf://"
 # Official Hub repositories for bare names (`yolov8n.pt` -> Ultralytics/YOLOv8), by family prefix.
 OFFICIAL_REPOS = {"yolov8": "Ultralytics/YOLOv8", "yolo11": "Ultralytics/YOLO11"}
+# File types that are Python pickles (or may be): loading one can run code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 _HUB_PATTERN = re.compile(r"^(?P<repo>[\w.\-]+/[\w.\-]+)/(?P<file>[^@]+?)(?:@(?P<rev>[\w.\-/]+))?$")
 
 
@@ -137,9 +139,10 @@ def resolve(source: str | Path, *, revision: str | None = None, settings: Settin
                 f"'{text}' is not a local file, not in HEADKIT_WEIGHTS_DIR ({folders}), and not an official name "
                 f"(known families: {', '.join(OFFICIAL_REPOS)}); pass a path or hf://owner/repo/file"
             )
-    if hub_file.filename.endswith((".pt", ".pth")) and hub_file.owner.lower() not in settings.trusted_owners:
+    suffix = Path(hub_file.filename).suffix.lower()
+    if suffix in PICKLE_SUFFIXES and hub_file.owner.lower() not in settings.trusted_owners:
         raise UntrustedSourceError(
-            f"{hub_file}: refusing to download a pickle ({Path(hub_file.filename).suffix}) from '{hub_file.owner}' — "
+            f"{hub_file}: refusing to download a pickle ({suffix}) from '{hub_file.owner}' — "
             f"loading it would run code from that account. Trusted owners: {', '.join(sorted(settings.trusted_owners))}"
             ". Heads travel as .safetensors; an operator who trusts this owner can add it to HEADKIT_TRUSTED_OWNERS"
         )

@@ -61,11 +61,14 @@ class Head:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = {key: json.dumps(value) for key, value in self.metadata.items()} | {"format": json.dumps(FORMAT)}
-        tensors = {key: value.detach().cpu().contiguous() for key, value in self.tensors.items()}
+        tensors = {key: _compact(value.detach().cpu().contiguous()) for key, value in self.tensors.items()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=text)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a head is an ordinary file
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -77,6 +80,13 @@ class Head:
         detect.load_state_dict(self.tensors, strict=True)
         detect.stride = torch.tensor(self.metadata["strides"], dtype=torch.float32)
         return detect.to(device=device, dtype=dtype).requires_grad_(False).eval()
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 when that is exact (heads from Ultralytics checkpoints are fp16 values): half the file, same numbers."""
+    if tensor.dtype == torch.float32 and torch.equal(tensor.half().float(), tensor):
+        return tensor.half()
+    return tensor
 
 
 def new_detect(nc: int, channels: list[int], *, reg_max: int = 16, legacy: bool) -> Detect:

@@ -2,21 +2,60 @@
 
 from __future__ import annotations
 
+from .budget import TrainingEstimate, estimate_training, seconds_per_image, zero_gpu_duration
+from .catalog import HeadEntry, add_head, list_heads, load_head_key, refuse_pickle
+from .compare import Comparer, Comparison, Detection, compare, label_previews
+from .datasets import DatasetSummary, load_dataset
+from .export import ExportedModel, export_merged
 from .headfile import Head, extract_head, load_head
+from .hub import push_head, render_model_card
+from .jobs import Job, JobRoot
+from .keypoints import ConversionSummary, convert_to_keypoints
 from .merge import ConcatHead, merge
 from .model import load_model
+from .settings import Settings
 from .sources import UntrustedSourceError
+from .train import TrainingCancelled, TrainProgress, TrainResult, train_head
 from .trunk import fingerprint
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparer",
+    "Comparison",
     "ConcatHead",
+    "ConversionSummary",
+    "DatasetSummary",
+    "Detection",
+    "ExportedModel",
     "Head",
+    "HeadEntry",
+    "Job",
+    "JobRoot",
+    "Settings",
+    "TrainProgress",
+    "TrainResult",
+    "TrainingCancelled",
+    "TrainingEstimate",
     "UntrustedSourceError",
+    "add_head",
+    "compare",
+    "convert_to_keypoints",
+    "estimate_training",
+    "export_merged",
     "extract_head",
     "fingerprint",
+    "label_previews",
+    "list_heads",
+    "load_dataset",
     "load_head",
+    "load_head_key",
     "load_model",
     "merge",
+    "push_head",
+    "refuse_pickle",
+    "render_model_card",
+    "seconds_per_image",
+    "train_head",
+    "zero_gpu_duration",
 ]

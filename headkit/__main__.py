@@ -13,6 +13,7 @@ from .train import train_head
 
 def _train(args: argparse.Namespace) -> None:
     base = load_model(args.base)
+    init = load_head(args.init) if args.init else None
     result = train_head(
         base,
         args.data,
@@ -22,6 +23,7 @@ def _train(args: argparse.Namespace) -> None:
         device=args.device,
         project=args.project,
         name=args.name,
+        init_head=init,
     )
     result.head.metadata["label"] = args.label or Path(args.out).stem
     result.head.save(args.out)
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--device", default="auto")
     train.add_argument("--project", default="runs/headkit")
     train.add_argument("--name", default="head")
+    train.add_argument("--init", default=None, help="start from this head (.safetensors) instead of the base head")
     train.set_defaults(run=_train)
     join = sub.add_parser("merge", help="merge heads into a base and save the merged .pt")
     join.add_argument("--base", required=True)

@@ -61,10 +61,10 @@ class Head:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = {key: json.dumps(value) for key, value in self.metadata.items()} | {"format": json.dumps(FORMAT)}
-        tensors = {key: _compact(value.detach().cpu().contiguous()) for key, value in self.tensors.items()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
         os.close(fd)
         try:
+            tensors = {key: _compact(value.detach().cpu().contiguous()) for key, value in self.tensors.items()}
             save_file(tensors, tmp, metadata=text)
             umask = os.umask(0)
             os.umask(umask)
@@ -186,7 +186,9 @@ def _read_safetensors(path: Path) -> Head:
     try:
         head.build()
     except (RuntimeError, TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path.name}: its tensors do not match its metadata ({e}); save the head again with headkit") from e
+        raise ValueError(
+            f"{path.name}: its tensors do not match its metadata ({e}); save the head again with headkit"
+        ) from e
     return head
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+DEFAULT_BASE = "yolov8n.pt"
 
 
 def _paths(value: str) -> tuple[Path, ...]:
@@ -23,6 +26,13 @@ class Settings:
         offline: never touch the network, use the cache only (`HF_HUB_OFFLINE`).
         token: Hub token (`HF_TOKEN`), None for anonymous access.
         hub_cache: Hub download cache (`HF_HUB_CACHE`, else `HF_HOME`/hub), None for huggingface_hub's default.
+        base: the app's base model (`HEADKIT_BASE`): a path, a bare name or `hf://`; default yolov8n.pt from the Hub.
+        bases: more bases the app offers in its picker (`HEADKIT_BASES`, comma list), loaded when first picked.
+        jobs_dir: root of the app's per-session job folders (`HEADKIT_JOBS_DIR`, default <tmp>/headkit-jobs).
+        job_max_age_s: job folders unused for this long are deleted (`HEADKIT_JOB_MAX_AGE_S`, default 6 h).
+        zero_gpu: running on ZeroGPU hardware (`SPACES_ZERO_GPU`): GPU work goes through `spaces.GPU` calls.
+        zero_gpu_max_s: the longest single ZeroGPU call the app asks for (`HEADKIT_ZEROGPU_MAX_S`, default 120 s).
+        oauth: "Sign in with Hugging Face" is configured (`OAUTH_CLIENT_ID`, set on Spaces with `hf_oauth: true`).
     """
 
     weights_dirs: tuple[Path, ...] = ()
@@ -31,6 +41,13 @@ class Settings:
     offline: bool = False
     token: str | None = None
     hub_cache: Path | None = None
+    base: str = DEFAULT_BASE
+    bases: tuple[str, ...] = ("yolov8n.pt", "yolo11n.pt")
+    jobs_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "headkit-jobs")
+    job_max_age_s: float = 6 * 3600.0
+    zero_gpu: bool = False
+    zero_gpu_max_s: float = 120.0
+    oauth: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,10 +56,23 @@ class Settings:
             weights_dirs=_paths(os.environ.get("HEADKIT_WEIGHTS_DIR", "")),
             trusted_owners=frozenset(o.strip().lower() for o in owners.split(",") if o.strip()),
             hf_endpoint=os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"),
-            offline=os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"},
+            offline=_flag("HF_HUB_OFFLINE"),
             token=os.environ.get("HF_TOKEN") or None,
             hub_cache=_hub_cache(),
+            base=os.environ.get("HEADKIT_BASE", "").strip() or DEFAULT_BASE,
+            bases=tuple(
+                b.strip() for b in os.environ.get("HEADKIT_BASES", "yolov8n.pt,yolo11n.pt").split(",") if b.strip()
+            ),
+            jobs_dir=Path(os.environ.get("HEADKIT_JOBS_DIR") or Path(tempfile.gettempdir()) / "headkit-jobs"),
+            job_max_age_s=float(os.environ.get("HEADKIT_JOB_MAX_AGE_S", 6 * 3600)),
+            zero_gpu=_flag("SPACES_ZERO_GPU"),
+            zero_gpu_max_s=float(os.environ.get("HEADKIT_ZEROGPU_MAX_S", 120)),
+            oauth=bool(os.environ.get("OAUTH_CLIENT_ID")),
         )
+
+
+def _flag(name: str, default: str = "0") -> bool:
+    return os.environ.get(name, default).strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _hub_cache() -> Path | None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .headfile import Head, extract_head
+from .merge import merge
 from .model import clone_model, ensure_detect_base
 from .trunk import detection_model, head_index
 
@@ -74,8 +75,8 @@ def _data_yaml(data: str | Path, base) -> Path:
 
 
 def _per_class_metrics(trainer) -> dict[str, dict[str, float]]:
-    """Per-class P, R, mAP50, mAP50-95 on the val split from the trainer's final validation, plus "all"."""
-    metrics = trainer.validator.metrics
+    """Per-class box P, R, mAP50, mAP50-95 on the val split from the trainer's final validation, plus "all"."""
+    metrics = trainer.validator.metrics.box  # a pose validator adds keypoint metrics beside the box ones
     names = trainer.validator.names
     table = {}
     for i, class_index in enumerate(metrics.ap_class_index):
@@ -127,6 +128,8 @@ def train_head(
     stop: Callable[[], bool] | None = None,
     project: str | Path | None = None,
     name: str = "head",
+    keypoint_trick: bool = False,
+    init_head: Head | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a new Detect head for the dataset's classes on the base's frozen trunk with Ultralytics' own trainer.
@@ -140,6 +143,10 @@ def train_head(
         device: "auto" (GPU if present), "cpu", or a CUDA index such as "0".
         progress: called per batch and per epoch with a TrainProgress.
         stop: polled after every batch; returning True cancels (TrainingCancelled) and nothing is saved.
+        keypoint_trick: train a one-keypoint Pose head on box centres (box/dfl gains 0.01) and keep its Detect part
+            (`headkit.posehead`); the head is marked `trained_with: keypoint-trick`.
+        init_head: start from this head's weights instead of the base head's (e.g. to go on training a head at a
+            larger image size); it must fit the base.
         **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
     """
     ensure_detect_base(base)
@@ -160,14 +167,22 @@ def train_head(
         "workers": min(4, os.cpu_count() or 1) if device != "cpu" else min(2, os.cpu_count() or 1),
         **overrides,
     }
-    model = clone_model(base)
-    model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
-    _attach_callbacks(model, progress, stop)
     started = time.perf_counter()
-    model.train(**settings)
+    if keypoint_trick:
+        from .posehead import detect_head_from_pose, train_pose_head  # posehead imports this module
+
+        model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop)
+    else:
+        model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
+        model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
+        _attach_callbacks(model, progress, stop)
+        model.train(**settings)
+        trainer = model.trainer
     seconds = time.perf_counter() - started
-    trainer = model.trainer
     metrics = _per_class_metrics(trainer)
-    head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=overrides.get("trained_with", "plain"))
+    if keypoint_trick:
+        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics)
+    else:
+        head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with="plain")
     LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
     return TrainResult(head=head, metrics=metrics, run_dir=Path(trainer.save_dir), seconds=seconds)

@@ -116,3 +116,27 @@ def test_non_mergeable_bases_are_refused(arch, tiny_plates):
 
     with pytest.raises(ValueError, match="Detect heads to plain object-detection models|end-to-end"):
         train_head(headkit.load_model(arch), tiny_plates / "data.yaml", epochs=1)
+
+
+def test_training_can_start_from_a_head(base, tiny_head, tiny_plates, tmp_path):
+    """init_head: with a zero learning rate the convolution weights stay the given head's, not the base head's."""
+    from headkit.train import train_head
+
+    result = train_head(
+        base,
+        tiny_plates / "data.yaml",
+        epochs=1,
+        imgsz=160,
+        batch=4,
+        device="cpu",
+        workers=0,
+        project=tmp_path,
+        init_head=tiny_head,
+        lr0=0.0,
+        optimizer="SGD",
+        warmup_epochs=0,
+    )
+    weights = [k for k in tiny_head.tensors if k.endswith("conv.weight")]
+    assert weights
+    for key in weights:
+        assert torch.allclose(result.head.tensors[key].float(), tiny_head.tensors[key].float(), atol=1e-4), key

@@ -1,0 +1,555 @@
+"""headkit's web app (also a Hugging Face Space): compare, train, convert, merge and share extra YOLO detection heads.
+
+Run `python app.py` (base from HEADKIT_BASE or `--base`, default yolov8n.pt from the Hub). Every event is also an API
+endpoint named after the headkit function it calls; see the README for gradio_client examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# A public server never pip-installs at run time (Ultralytics would, e.g. on an odd upload); set before it is imported.
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+import gradio as gr
+import pandas as pd
+import torch
+from PIL import Image
+from ultralytics.utils import ASSETS
+
+import headkit
+
+LOGGER = logging.getLogger("headkit.app")
+SETTINGS = headkit.Settings.from_env()
+CLI = argparse.ArgumentParser(description="headkit web app", epilog="Gradio reads GRADIO_SERVER_NAME/PORT too.")
+CLI.add_argument("--base", help="base model: a local .pt, a bare name like yolov8n.pt, or hf://owner/repo/file.pt")
+BASE = (CLI.parse_known_args()[0].base if __name__ == "__main__" else None) or SETTINGS.base
+BASES = list(dict.fromkeys([BASE, *SETTINGS.bases]))
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_HEADS = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+EXAMPLES = [str(ASSETS / "bus.jpg"), str(ASSETS / "zidane.jpg")]
+GPU = SETTINGS.zero_gpu or torch.cuda.is_available()
+INFERENCE_DEVICE = "cpu" if SETTINGS.zero_gpu else None  # ZeroGPU attaches a GPU only inside spaces.GPU calls
+TRAIN_OPTIONS = {} if GPU else {"workers": 0}  # on CPU, loader processes would only compete with training
+BASE_RETRY_S = 300.0
+MAX_UPLOAD = "500mb"
+ALLOWED_PATHS = (
+    []
+    if any(SETTINGS.jobs_dir.resolve().is_relative_to(p) for p in (Path.cwd(), Path(tempfile.gettempdir())))
+    else [str(SETTINGS.jobs_dir)]
+)
+USER_ERRORS = (ValueError, OSError, LookupError, headkit.UntrustedSourceError)
+METRIC_COLUMNS = ["class", "P", "R", "mAP50", "mAP50-95"]
+METRIC_KEYS = {
+    "metrics/mAP50(B)": "mAP50",
+    "metrics/mAP50-95(B)": "mAP50-95",
+    "metrics/precision(B)": "P",
+    "metrics/recall(B)": "R",
+}
+DETECTION_COLUMNS = ["model", "origin", "name", "class_id", "confidence", "xyxy"]
+INTRO = """# headkit — teach YOLO new classes without touching old weights
+A new class gets its own Detect head, trained on the base's frozen trunk and merged beside the base head: every base
+detection stays exactly as it was. **Compare** base / custom / merged on an image, **Train** a head on your dataset,
+convert boxes to **keypoints** for small objects, **Merge & share** the result."""
+NO_BASE = """### Base model `{base}` is not available
+{error}
+
+Point the app at a local checkpoint: `HEADKIT_BASE=/path/to/model.pt python app.py`, or
+`python app.py --base /path/to/model.pt` (or put the file in a folder named by `HEADKIT_WEIGHTS_DIR`)."""
+TRAIN_HELP = """Upload a YOLO detection dataset as a **.zip** (Ultralytics or Roboflow layout, with data.yaml or classes.txt).
+Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in
+the queue shows on the progress bar. Stop ends the run after the current batch; nothing is saved then."""
+
+# Models: each base is loaded once (on first use) and kept, with its merged variants, for every request.
+JOBS = headkit.JobRoot(SETTINGS.jobs_dir, max_age_s=SETTINGS.job_max_age_s)
+_COMPARERS: dict[str, headkit.Comparer] = {}
+_FAILURES: dict[str, tuple[float, str]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def comparer(base: str) -> headkit.Comparer:
+    """The cached base (with its merged variants); a failed load is reported, and retried after BASE_RETRY_S."""
+    if base not in BASES:
+        raise gr.Error(f"unknown base '{base}'; choose one of {', '.join(BASES)}")
+    with _LOAD_LOCK:
+        if base not in _COMPARERS:
+            failed_at, error = _FAILURES.get(base, (float("-inf"), ""))
+            if time.monotonic() - failed_at < BASE_RETRY_S:
+                raise gr.Error(NO_BASE.format(base=base, error=error))
+            try:
+                _COMPARERS[base] = headkit.Comparer(headkit.load_model(base), device=INFERENCE_DEVICE)
+            except (*USER_ERRORS, RuntimeError) as e:
+                _FAILURES[base] = (time.monotonic(), str(e))
+                raise gr.Error(NO_BASE.format(base=base, error=e)) from e
+    return _COMPARERS[base]
+
+
+def user_errors(fn):
+    """Bad input of any kind reaches the user as a gr.Error with headkit's message; the app keeps serving."""
+
+    def translate(e: Exception) -> gr.Error:
+        if isinstance(e, gr.Error):
+            return e
+        if not isinstance(e, USER_ERRORS):
+            LOGGER.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"{e}" if isinstance(e, USER_ERRORS) else f"unexpected error ({type(e).__name__}: {e})")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                raise translate(e) from e
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise translate(e) from e
+
+    return call
+
+
+def display(base: str) -> str:
+    """A base as users see it: Hub addresses and bare names as given, local files by name (no server paths)."""
+    return base if "://" in base else Path(base).name
+
+
+def _str_keys(names: dict) -> dict[str, str]:
+    return {str(k): v for k, v in names.items()}
+
+
+def job(request: gr.Request | None) -> headkit.Job:
+    return JOBS.job(getattr(request, "session_hash", None))
+
+
+def heads_for(keys: list[str] | None, request: gr.Request | None) -> list[headkit.Head]:
+    return [headkit.load_head_key(k, shipped_dir=WEIGHTS_DIR, job=job(request)) for k in keys or []]
+
+
+def upload(path: str | None, suffix: str, what: str) -> Path:
+    if not path:
+        raise gr.Error(f"upload {what} first")
+    headkit.refuse_pickle(path)
+    if Path(path).suffix.lower() != suffix:
+        raise gr.Error(f"{Path(path).name}: expected {what} ({suffix} file)")
+    return Path(path)
+
+
+def head_outputs(base: str, request: gr.Request, *, reset: bool = False):
+    """JSON list, availability notes, and fresh choices for the three head pickers (`reset`: select what fits)."""
+    model = comparer(base).base
+    entries = headkit.list_heads(model, shipped_dir=WEIGHTS_DIR, job=job(request))
+    lines = [f"**Base** `{display(base)}`: {len(model.names)} classes ({', '.join(model.names.values())})"]
+    lines += [f"- **unavailable** `{e.key}`: {e.reason}" for e in entries if not e.available]
+    choices = [(e.label, e.key) for e in entries if e.available]
+    shipped = [e.key for e in entries if e.available and e.origin == "shipped"]
+    compare_picker = gr.Dropdown(choices=choices, value=shipped) if reset else gr.Dropdown(choices=choices)
+    return [e.to_dict() for e in entries], "\n".join(lines), compare_picker, *[gr.Dropdown(choices=choices)] * 2
+
+
+def estimate(model, train_images: int, val_images: int, epochs: int, imgsz: int) -> headkit.TrainingEstimate:
+    device = "gpu" if GPU else "cpu"
+    speed = headkit.seconds_per_image(model, int(imgsz), device=device)
+    return headkit.estimate_training(
+        train_images, val_images, epochs=int(epochs), seconds_per_image=speed, device=device
+    )
+
+
+@user_errors
+def load_model(base: str):
+    """Load (once) the chosen base; returns its status, or what is missing and how to fix it."""
+    try:
+        model = comparer(base).base
+    except gr.Error as e:
+        return e.message, {"base": base, "loaded": False, "error": e.message}
+    info = {"base": base, "loaded": True, "names": _str_keys(model.names), "fingerprint": headkit.fingerprint(model)}
+    return "", info
+
+
+@user_errors
+def list_heads(base: str, request: gr.Request):
+    return head_outputs(base, request, reset=True)
+
+
+@user_errors
+def load_head(base: str, file: str | None, address: str, request: gr.Request):
+    address = (address or "").strip()
+    if not file and not address.startswith("hf://"):  # the address box never names a file on this server
+        raise gr.Error(
+            f"'{address}' is not a Hub address; upload a head (.safetensors) or give hf://owner/repo/head.safetensors"
+        )
+    gr.Info(f"added {headkit.add_head(file or address, job(request))}")
+    return head_outputs(base, request)
+
+
+@user_errors
+def compare(base: str, image: str | None, heads: list[str], conf: float, iou: float, imgsz: int, request: gr.Request):
+    if not image:
+        raise gr.Error("give an image: upload one or pick an example")
+    result = comparer(base).compare(
+        image, heads_for(heads, request), labels=heads or [], conf=conf, iou=iou, imgsz=int(imgsz)
+    )
+    table = pd.DataFrame([d.to_dict() for d in result.detections], columns=DETECTION_COLUMNS)
+    folder = job(request).folder("compare")  # one file per call: identical outputs never share a cache file
+    images = [_save_image(result.images[name], folder / f"{name}.jpg") for name in ("base", "custom", "merged")]
+    return *images, table, result.summary(), result.to_dict()
+
+
+def _save_image(pixels, path: Path) -> str | None:
+    if pixels is None:
+        return None
+    Image.fromarray(pixels).save(path, quality=90)
+    return str(path)
+
+
+@user_errors
+def load_dataset(base: str, archive: str | None, request: gr.Request):
+    summary = headkit.load_dataset(
+        upload(archive, ".zip", "a dataset zip"),
+        work_dir=job(request).file("datasets"),
+        base_names=comparer(base).base.names.values(),
+    )
+    counts = {split: c.images for split, c in summary.splits.items()}
+    public = {k: v for k, v in summary.to_dict().items() if k not in ("root", "yaml_path")}
+    return dataset_markdown(public), headkit.label_previews(summary), public, counts
+
+
+def dataset_markdown(summary: dict) -> str:
+    rows = [
+        f"| {s} | {c['images']} | {c['labelled']} | {c['boxes']} | "
+        + ", ".join(f"{k}: {v}" for k, v in c["per_class"].items())
+        + " |"
+        for s, c in summary["splits"].items()
+    ]
+    text = f"**Classes:** {', '.join(summary['names'].values())}\n\n| split | images | labelled | boxes | per class |\n"
+    text += "|---|---|---|---|---|\n" + "\n".join(rows)
+    return text + "".join(f"\n- **warning:** {w}" for w in summary["warnings"])
+
+
+@user_errors
+def estimate_training(base: str, counts: dict | None, epochs: int, imgsz: int, batch: int):
+    if not counts:
+        return "Upload a dataset to see how long training takes."
+    expected = estimate(comparer(base).base, counts["train"], counts.get("val", 0), epochs, imgsz)
+    text = f"Estimated training time: {expected.describe()}."
+    if SETTINGS.zero_gpu:
+        try:
+            text += f" Fits one ZeroGPU call ({headkit.zero_gpu_duration(expected, SETTINGS.zero_gpu_max_s)} s)."
+        except ValueError as e:
+            text += f"\n\n**Too long for ZeroGPU:** {e}"
+    return text
+
+
+def _gpu_seconds(*args, **kwargs) -> int:
+    return int(kwargs.get("gpu_seconds", args[-1]))
+
+
+def train_on_device(
+    base: str, data: str, job_dir: str, epochs: int, imgsz: int, batch: int, keypoint_trick: bool, gpu_seconds: int
+):
+    """The part of training that needs the accelerator; on ZeroGPU it runs inside one spaces.GPU call."""
+    model = comparer(base).base
+    yield from headkit.Job(job_dir).train(
+        model, data, epochs=epochs, imgsz=imgsz, batch=batch, keypoint_trick=keypoint_trick, **TRAIN_OPTIONS
+    )
+
+
+if SETTINGS.zero_gpu:
+    import spaces  # available on ZeroGPU Spaces only
+
+    train_on_device = spaces.GPU(duration=_gpu_seconds)(train_on_device)
+
+
+@user_errors
+def train_head(
+    base: str,
+    archive: str | None,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    keypoint_trick: bool,
+    request: gr.Request,
+    progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress tracker by this default)
+):
+    work, model = job(request), comparer(base).base
+    summary = headkit.load_dataset(
+        upload(archive, ".zip", "a dataset zip"), work_dir=work.file("datasets"), base_names=model.names.values()
+    )
+    expected = estimate(model, summary.splits["train"].images, summary.splits["val"].images, epochs, imgsz)
+    seconds = headkit.zero_gpu_duration(expected, SETTINGS.zero_gpu_max_s) if SETTINGS.zero_gpu else 0
+    history: list[dict] = []
+    run = train_on_device(
+        base, str(summary.yaml_path), str(work.path), int(epochs), int(imgsz), int(batch), bool(keypoint_trick), seconds
+    )
+    try:
+        for event in run:
+            if isinstance(event, headkit.TrainProgress):
+                progress(event.fraction, desc=f"epoch {event.epoch}/{event.epochs}")
+                if event.kind == "epoch":
+                    history += [
+                        {"epoch": event.epoch, "metric": name, "value": event.metrics.get(key, 0.0)}
+                        for key, name in METRIC_KEYS.items()
+                    ]
+                    yield f"Epoch {event.epoch}/{event.epochs} done.", pd.DataFrame(history), *[gr.skip()] * 7
+            else:
+                yield trained(base, event, Path(archive).stem, request, history)
+    except headkit.TrainingCancelled:
+        yield "Training stopped on request; no head was saved.", gr.skip(), *[gr.skip()] * 7
+
+
+def trained(base: str, result: headkit.TrainResult, name: str, request: gr.Request, history: list[dict]):
+    """Save the new head into the session and show it everywhere at once."""
+    path = job(request).save_head(result.head, name)
+    table = pd.DataFrame([{"class": k, **v} for k, v in result.metrics.items()], columns=METRIC_COLUMNS)
+    plots = [(str(p), p.stem) for p in result.plots()]
+    report = result.to_dict() | {"names": _str_keys(result.head.names), "head": f"session/{path.stem}"}
+    report.pop("run_dir")
+    status = f"✅ Trained `session/{path.stem}` in {result.seconds:.0f} s; it is now selectable in Compare."
+    _, _, *pickers = head_outputs(base, request)
+    return status, pd.DataFrame(history), str(path), table, report, plots, *pickers
+
+
+@user_errors
+def stop_training(request: gr.Request):
+    job(request).request_stop()
+    return "Stopping after the current batch…"
+
+
+@user_errors
+def convert_to_keypoints(archive: str | None, request: gr.Request):
+    source = upload(archive, ".zip", "a dataset zip")
+    work = job(request).folder("keypoints")
+    dataset = headkit.load_dataset(source, work_dir=work / "detect")
+    converted = headkit.convert_to_keypoints(dataset.root, work / f"{source.stem}-keypoints")
+    result = job(request).archive(converted.root, converted.root.name)
+    return str(result), {"splits": converted.splits, "kpt_shape": [1, 3], "file": result.name}
+
+
+@user_errors
+def merge(base: str, heads: list[str], keep_base_head: bool, onnx: bool, imgsz: int, request: gr.Request):
+    if not heads:
+        raise gr.Error("choose at least one head to merge")
+    exported = headkit.export_merged(
+        comparer(base).base,
+        heads_for(heads, request),
+        job(request).folder("merged"),
+        keep_base_head=keep_base_head,
+        onnx=onnx,
+        imgsz=int(imgsz),
+    )
+    info = {"files": [f.name for f in exported.files], "names": _str_keys(exported.names)}
+    return [str(f) for f in exported.files], info
+
+
+@user_errors
+def push_head(
+    base: str,
+    head: str | None,
+    repo_id: str,
+    token: str,
+    example: str | None,
+    request: gr.Request,
+    oauth_token: gr.OAuthToken | None = None,
+):
+    if not head:
+        raise gr.Error("choose the head to push")
+    chosen = heads_for([head], request)
+    picture = comparer(base).compare(example or EXAMPLES[0], chosen, labels=[head]).images["merged"]
+    token = (token or "").strip() or (oauth_token.token if oauth_token else None)
+    url = headkit.push_head(chosen[0], repo_id, token=token, example_image=picture)
+    return f"✅ Pushed to [{repo_id}]({url})", {"repo_id": repo_id, "commit_url": url}
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="headkit", delete_cache=(3600, int(SETTINGS.job_max_age_s))) as demo:
+        gr.Markdown(INTRO)
+        banner = gr.Markdown()
+        with gr.Row():
+            base = gr.Dropdown([(display(b), b) for b in BASES], value=BASE, label="Base model")
+            base_info = gr.JSON(label="Base", visible=False)
+        with gr.Tab("Compare"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(
+                        type="filepath",
+                        image_mode=None,
+                        label="Image",
+                        sources=["upload", "clipboard"],
+                        height=360,
+                        elem_id="in-image",
+                    )
+                    gr.Examples(EXAMPLES, inputs=[image], label="Examples (shipped with Ultralytics)")
+                with gr.Column():
+                    heads = gr.Dropdown(
+                        SHIPPED_HEADS,
+                        value=SHIPPED_HEADS,
+                        multiselect=True,
+                        allow_custom_value=True,
+                        label="Heads",
+                        info="shipped, trained in this session, or hf://owner/repo/head.safetensors",
+                    )
+                    conf = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Confidence")
+                    iou = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="IoU (NMS)")
+                    imgsz = gr.Slider(160, 1280, value=640, step=32, label="Image size")
+                    run_compare = gr.Button("Compare", variant="primary")
+                    heads_md = gr.Markdown()
+                    with gr.Accordion("Add a head", open=False):
+                        head_file = gr.File(label="Head (.safetensors; .pt pickles are refused)", type="filepath")
+                        head_address = gr.Textbox(
+                            label="…or Hub address", placeholder="hf://owner/repo/head.safetensors"
+                        )
+                        add = gr.Button("Add head")
+            with gr.Row():
+                out_base = gr.Image(label="Base only", interactive=False, elem_id="out-base")
+                out_custom = gr.Image(label="Custom: trunk + selected heads", interactive=False, elem_id="out-custom")
+                out_merged = gr.Image(label="Merged: base + selected heads", interactive=False, elem_id="out-merged")
+            base_check = gr.Markdown(elem_id="base-check")
+            detections = gr.Dataframe(pd.DataFrame(columns=DETECTION_COLUMNS), label="Detections", interactive=False)
+            with gr.Accordion("Result as JSON", open=False):
+                compare_json = gr.JSON()
+            with gr.Accordion("Heads as JSON", open=False):
+                heads_json = gr.JSON()
+        with gr.Tab("Train"):
+            gr.Markdown(TRAIN_HELP)
+            counts = gr.State()
+            with gr.Row():
+                dataset = gr.File(label="Dataset (.zip)", type="filepath", elem_id="dataset")
+                with gr.Column():
+                    dataset_md = gr.Markdown()
+                    previews = gr.Gallery(label="Label previews", columns=4, height=240)
+            with gr.Accordion("Dataset summary as JSON", open=False):
+                dataset_json = gr.JSON()
+            with gr.Row():
+                epochs = gr.Slider(1, 300, value=30, step=1, label="Epochs", elem_id="epochs")
+                train_size = gr.Slider(160, 1280, value=640, step=32, label="Image size", elem_id="train-size")
+                batch = gr.Slider(1, 64, value=16, step=1, label="Batch", elem_id="batch")
+                keypoint_trick = gr.Checkbox(
+                    label="Keypoint trick (small objects)", info="train on box centres as keypoints, keep the box head"
+                )
+            estimate = gr.Markdown("Upload a dataset to see how long training takes.")
+            with gr.Row():
+                train = gr.Button("Train", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+            status = gr.Markdown()
+            curve = gr.LinePlot(x="epoch", y="value", color="metric", label="Validation metrics per epoch", height=260)
+            with gr.Row():
+                head_out = gr.File(label="Trained head (.safetensors)")
+                metrics_table = gr.Dataframe(
+                    pd.DataFrame(columns=METRIC_COLUMNS), label="Metrics (val)", interactive=False
+                )
+            plots = gr.Gallery(label="Ultralytics plots", columns=4, height=260)
+            with gr.Accordion("Training result as JSON", open=False):
+                train_json = gr.JSON()
+        with gr.Tab("Keypoint converter"):
+            gr.Markdown("Box labels → one keypoint per box at its centre, for the keypoint trick in other tools.")
+            kp_in = gr.File(label="Dataset (.zip)", type="filepath")
+            convert = gr.Button("Convert", variant="primary")
+            with gr.Row():
+                kp_out = gr.File(label="Keypoint dataset (.zip)")
+                kp_json = gr.JSON(label="Summary")
+        with gr.Tab("Merge & share"):
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Merge\nOne model: base classes first, then each head's, in the order chosen.")
+                    merge_heads = gr.Dropdown(SHIPPED_HEADS, multiselect=True, allow_custom_value=True, label="Heads")
+                    keep = gr.Checkbox(value=True, label="Keep the base head")
+                    onnx = gr.Checkbox(value=False, label="Also export ONNX")
+                    export_size = gr.Slider(160, 1280, value=640, step=32, label="ONNX image size")
+                    merge_btn = gr.Button("Merge", variant="primary")
+                    merged_files = gr.File(label="Merged model", file_count="multiple")
+                    merged_json = gr.JSON(label="Classes")
+                with gr.Column():
+                    gr.Markdown(
+                        "### Push a head to the Hub\nOne commit: the .safetensors head, its model card and an "
+                        "example prediction."
+                    )
+                    push_pick = gr.Dropdown(SHIPPED_HEADS, value=None, allow_custom_value=True, label="Head")
+                    repo = gr.Textbox(label="Repository", placeholder="your-name/plate-head")
+                    if SETTINGS.oauth:  # a Space with `hf_oauth: true`
+                        gr.LoginButton()
+                    token = gr.Textbox(
+                        label="Hub token (write)",
+                        type="password",
+                        info="or sign in with Hugging Face" if SETTINGS.oauth else None,
+                    )
+                    example = gr.Image(
+                        type="filepath",
+                        image_mode=None,
+                        label="Example image for the card (default: bus.jpg)",
+                        sources=["upload", "clipboard"],
+                        height=240,
+                    )
+                    push = gr.Button("Push", variant="primary")
+                    pushed = gr.Markdown()
+                    pushed_json = gr.JSON(visible=False)
+
+        pickers = [heads, merge_heads, push_pick]
+        listing = [heads_json, heads_md, *pickers]
+        gr.on([demo.load, base.change], load_model, [base], [banner, base_info], api_name="load_model").then(
+            list_heads, [base], listing, api_name="list_heads"
+        )
+        add.click(load_head, [base, head_file, head_address], listing, api_name="load_head")
+        run_compare.click(
+            compare,
+            [base, image, heads, conf, iou, imgsz],
+            [out_base, out_custom, out_merged, detections, base_check, compare_json],
+            api_name="compare",
+            concurrency_id="inference",
+            concurrency_limit=4,
+        )
+        dataset.upload(
+            load_dataset, [base, dataset], [dataset_md, previews, dataset_json, counts], api_name="load_dataset"
+        )
+        gr.on(
+            [counts.change, epochs.change, train_size.change, batch.change],
+            estimate_training,
+            [base, counts, epochs, train_size, batch],
+            [estimate],
+            api_name="estimate_training",
+        )
+        train.click(
+            train_head,
+            [base, dataset, epochs, train_size, batch, keypoint_trick],
+            [status, curve, head_out, metrics_table, train_json, plots, *pickers],
+            api_name="train_head",
+            concurrency_id="gpu",
+            concurrency_limit=1,
+            show_progress_on=[status],
+        )
+        stop.click(stop_training, None, [status], api_name="stop_training", concurrency_limit=None)
+        convert.click(convert_to_keypoints, [kp_in], [kp_out, kp_json], api_name="convert_to_keypoints")
+        merge_btn.click(
+            merge,
+            [base, merge_heads, keep, onnx, export_size],
+            [merged_files, merged_json],
+            api_name="merge",
+            concurrency_id="inference",
+            concurrency_limit=4,
+        )
+        push.click(push_head, [base, push_pick, repo, token, example], [pushed, pushed_json], api_name="push_head")
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    CLI.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=load_model, args=(BASE,), daemon=True).start()  # warm the cache; the UI starts at once
+    demo.queue(default_concurrency_limit=4).launch(
+        allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD, show_error=True
+    )

@@ -1,0 +1,123 @@
+"""Extra head on the frozen trunk vs a full fine-tune of the base, on the same data, image size and epochs.
+
+Prints for each: plate mAP50 and mAP50-95 on the val split, wall time, and base-class retention: of the base model's
+own detections on bus.jpg, zidane.jpg and a few plate images, how many the resulting model still makes (same class,
+IoU >= 0.9, |Δconf| <= 1e-4). Targets: head mAP50 >= 0.9 x fine-tune's; head wall time <= 0.7 x fine-tune's.
+
+    python benchmarks/head_vs_finetune.py [--epochs 10] [--imgsz 320] [--batch 16] [--device auto] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ultralytics.utils import ASSETS
+from ultralytics.utils.metrics import box_iou
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import headkit  # noqa: E402
+from headkit.model import clone_model  # noqa: E402
+from headkit.train import default_device, train_head  # noqa: E402
+from headkit.trunk import detection_model  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+
+
+def retention(model, base, images: list[Path], imgsz: int) -> tuple[int, int]:
+    """(kept, total): base detections the model reproduces with the same class name, box and confidence."""
+    kept = total = 0
+    base_names = base.names
+    for image in images:
+        ref = base.predict(image, imgsz=imgsz, verbose=False)[0].boxes
+        got = model.predict(image, imgsz=imgsz, max_det=1000, verbose=False)[0].boxes
+        total += len(ref)
+        names = [model.names[int(c)] for c in got.cls]
+        for box, conf, cls in zip(ref.xyxy, ref.conf, ref.cls, strict=True):
+            same = [i for i, n in enumerate(names) if n == base_names[int(cls)]]
+            if not same:
+                continue
+            iou = box_iou(box[None], got.xyxy[same])[0]
+            best = int(iou.argmax())
+            kept += int(iou[best] >= 0.9 and abs(float(got.conf[same][best]) - float(conf)) <= 1e-4)
+    return kept, total
+
+
+def val_map(model, data: Path, imgsz: int, batch: int, device: str, project: Path, name: str) -> tuple[float, float]:
+    metrics = model.val(
+        data=str(data),
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        project=str(project),
+        name=name,
+        plots=False,
+        verbose=False,
+    )
+    return float(metrics.box.map50), float(metrics.box.map)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(SHARED / "weights" / "yolov8s-fall.pt"))
+    parser.add_argument("--data", default=str(SHARED / "datasets" / "license_plates" / "data.yaml"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    device = default_device() if args.device == "auto" else args.device
+    data = Path(args.data)
+    base = headkit.load_model(args.base)
+    images = [ASSETS / "bus.jpg", ASSETS / "zidane.jpg", *sorted((data.parent / "images" / "val").glob("*.jpg"))[:5]]
+    project = Path(tempfile.mkdtemp(prefix="head_vs_finetune-"))
+    common = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=device, seed=0, deterministic=True)
+
+    result = train_head(base, data, project=project, name="head", **common)
+    custom = headkit.merge(base, result.head, keep_base_head=False)
+    merged = headkit.merge(base, result.head)
+    head_row = {
+        "wall_s": result.seconds,
+        "mAP50_mAP50-95": val_map(custom, data, args.imgsz, args.batch, device, project, "val_head"),
+        "retention": retention(merged, base, images, args.imgsz),
+    }
+
+    finetune = clone_model(base)
+    finetune.ckpt = {"model": detection_model(finetune)}  # start from the base's weights, every layer trainable
+    started = time.perf_counter()
+    finetune.train(
+        data=str(data), project=str(project), name="finetune", exist_ok=True, plots=False, verbose=False, **common
+    )
+    tune_row = {
+        "wall_s": time.perf_counter() - started,
+        "mAP50_mAP50-95": val_map(finetune, data, args.imgsz, args.batch, device, project, "val_finetune"),
+        "retention": retention(finetune, base, images, args.imgsz),
+    }
+
+    print(
+        f"\n{args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, device {device} "
+        f"({torch.get_num_threads()} CPU threads); val split of {data.parent.name}"
+    )
+    print(f"{'':22s} {'mAP50':>7s} {'mAP50-95':>9s} {'wall s':>8s} {'base dets kept':>15s}")
+    for label, row in (("extra head (frozen)", head_row), ("full fine-tune", tune_row)):
+        (m50, m5095), (kept, total) = row["mAP50_mAP50-95"], row["retention"]
+        print(f"{label:22s} {m50:7.3f} {m5095:9.3f} {row['wall_s']:8.1f} {kept:>8d}/{total:<6d}")
+    map_ratio = head_row["mAP50_mAP50-95"][0] / max(tune_row["mAP50_mAP50-95"][0], 1e-9)
+    time_ratio = head_row["wall_s"] / tune_row["wall_s"]
+    print(f"head mAP50 / fine-tune mAP50 = {map_ratio:.2f}  (target >= 0.90)")
+    print(f"head wall / fine-tune wall   = {time_ratio:.2f}  (target <= 0.70)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "head": head_row, "finetune": tune_row}, indent=2))
+    return 0 if map_ratio >= 0.9 and time_ratio <= 0.7 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""Which heads a base can use: shipped in weights/, made in this session, or pulled from the Hub, named by keys.
+
+A key is a shipped head's name (`license_plate`), `session/<name>` for the caller's own heads, or
+`hf://owner/repo/file.safetensors[@rev]`. Keys are never file paths, so nobody reaches a file by naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .headfile import Head, load_head
+from .jobs import Job, safe_name
+from .merge import check_head_fits
+from .sources import HF_SCHEME, PICKLE_SUFFIXES, parse_hub_url, resolve
+from .trunk import fingerprint
+
+LOGGER = logging.getLogger(__name__)
+SESSION_PREFIX = "session/"
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    """One head a caller can pick, and whether it fits the loaded base (`reason` says why not)."""
+
+    key: str
+    origin: str  # "shipped", "session" or "hub"
+    names: dict[int, str]
+    reason: str | None = None
+    metrics: dict[str, Any] | None = None
+    base_source: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    @property
+    def label(self) -> str:
+        classes = ", ".join(self.names.values()) or "no classes"
+        return self.key if classes == self.key.rsplit("/", 1)[-1] else f"{self.key} ({classes})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "origin": self.origin,
+            "classes": list(self.names.values()),
+            "available": self.available,
+            "reason": self.reason,
+            "metrics": (self.metrics or {}).get("all"),
+        }
+
+
+def refuse_pickle(name: str) -> None:
+    """Refuse a pickle-format file by its name, saying why.
+
+    Raises:
+        ValueError: the name ends in .pt, .pth, .pkl, .ckpt or .bin.
+    """
+    suffix = Path(name.split("@", 1)[0]).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{Path(name).name}: refusing a {suffix} file — it is a pickle, and loading it could run code from "
+            "whoever made it. Heads travel as .safetensors: save one with headkit (Head.save) or train it here"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _read(path: str, size: int, mtime_ns: int) -> Head:
+    """Heads are read once per file version; a head replaced in place (new size or mtime) is read again."""
+    return load_head(path)
+
+
+def _load_file(path: Path) -> Head:
+    stat = path.stat()
+    return _read(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def load_head_key(key: str, *, shipped_dir: str | Path | None = None, job: Job | None = None) -> Head:
+    """The head named by `key` (see the module docstring), read once per file version.
+
+    Raises:
+        ValueError: a pickle, or a key that is no head name.
+        FileNotFoundError: no such head.
+    """
+    key = str(key).strip()
+    refuse_pickle(key)
+    if key.startswith(HF_SCHEME):
+        hub_file = parse_hub_url(key)
+        if not hub_file.filename.endswith(".safetensors"):
+            raise ValueError(f"{key}: heads on the Hub are .safetensors files; give hf://owner/repo/<head>.safetensors")
+        return _load_file(resolve(key))
+    if key.startswith(SESSION_PREFIX):
+        if job is None:
+            raise FileNotFoundError(f"'{key}': session heads exist only inside a session")
+        return _load_file(job.head_path(key[len(SESSION_PREFIX) :]))
+    name = key.removesuffix(".safetensors")
+    path = Path(shipped_dir or ".") / f"{name}.safetensors"
+    if shipped_dir is None or safe_name(name) != name or not path.is_file():
+        raise FileNotFoundError(
+            f"unknown head '{key}'; give a shipped head's name, session/<name> for one made in this session, or "
+            "hf://owner/repo/<head>.safetensors (list_heads shows what there is)"
+        )
+    return _load_file(path)
+
+
+def add_head(source: str | Path, job: Job, *, name: str | None = None) -> str:
+    """Copy a head (an uploaded .safetensors file or an `hf://` address) into the session; returns its key.
+
+    Raises:
+        ValueError: a pickle, or not a headkit head.
+    """
+    text = str(source).strip()
+    refuse_pickle(text)
+    if text.startswith(HF_SCHEME):
+        head = load_head_key(text)
+        stem = Path(parse_hub_url(text).filename).stem
+    else:
+        path = Path(text)
+        if path.suffix.lower() != ".safetensors":
+            raise ValueError(f"{path.name}: expected a head file (.safetensors), got '{path.suffix or 'no suffix'}'")
+        head, stem = load_head(path), path.stem
+    label = name or stem  # the name the user gave the file is the name they will look for
+    head = Head(head.tensors, {**head.metadata, "label": safe_name(label)})
+    saved = job.save_head(head, label)
+    return SESSION_PREFIX + saved.stem
+
+
+def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None = None) -> list[HeadEntry]:
+    """Every shipped and session head, each marked available or not for `base` (with the reason)."""
+    base_fingerprint = fingerprint(base)
+    found: list[tuple[str, str, Path]] = []
+    if shipped_dir is not None and Path(shipped_dir).is_dir():
+        found += [(p.stem, "shipped", p) for p in sorted(Path(shipped_dir).glob("*.safetensors"))]
+    if job is not None:
+        found += [(SESSION_PREFIX + stem, "session", p) for stem, p in job.heads().items()]
+    entries = []
+    for key, origin, path in found:
+        try:
+            head = _load_file(path)
+        except (ValueError, OSError) as e:
+            entries.append(HeadEntry(key, origin, {}, reason=f"unreadable: {e}"))
+            continue
+        try:
+            check_head_fits(head, base, base_fingerprint=base_fingerprint)
+            reason = None
+        except ValueError as e:
+            reason = str(e)
+        meta = head.metadata
+        entries.append(HeadEntry(key, origin, head.names, reason, meta.get("metrics"), meta.get("base_source")))
+    return entries

@@ -1,0 +1,198 @@
+"""Per-session job folders: each browser or API session works in its own folder, confined, and removed when old."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .headfile import Head
+from .train import TrainProgress, TrainResult, train_head
+
+LOGGER = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^\w.\-]+")
+_STOP_FILE = ".stop"
+
+
+def safe_name(text: str, *, default: str = "head") -> str:
+    """A file-name stem made of letters, digits, `_`, `-` and `.` only, never starting with a dot (≤ 64 chars)."""
+    name = _UNSAFE.sub("_", Path(str(text)).name).strip("._-")[:64]
+    return name or default
+
+
+class Job:
+    """One session's folder: uploads, datasets, training runs, trained heads and exports live under `path`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Job({str(self.path)!r})"
+
+    def file(self, *parts: str) -> Path:
+        """A path inside this job.
+
+        Raises:
+            PermissionError: the parts lead outside the job folder (`..`, absolute paths, links).
+        """
+        path = self.path.joinpath(*parts).resolve()
+        if not path.is_relative_to(self.path):
+            raise PermissionError(f"'{'/'.join(parts)}' is outside this session's folder; only its own files are used")
+        return path
+
+    def folder(self, prefix: str) -> Path:
+        """A new, empty sub-folder named `<prefix>-<n>`."""
+        self.touch()
+        for n in range(1, 10_000):
+            path = self.file(f"{safe_name(prefix, default='work')}-{n}")
+            try:
+                path.mkdir(parents=True)
+                return path
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"{self.path}: too many '{prefix}' folders; start a new session")
+
+    @property
+    def heads_dir(self) -> Path:
+        return self.file("heads")
+
+    def heads(self) -> dict[str, Path]:
+        """This session's heads by name (file stem), oldest first."""
+        files = sorted(self.heads_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+        return {p.stem: p for p in files}
+
+    def head_path(self, name: str) -> Path:
+        """Where this session's head `name` is.
+
+        Raises:
+            FileNotFoundError: this session has no head by that name.
+        """
+        path = self.file("heads", f"{safe_name(name)}.safetensors")
+        if safe_name(name) != name or not path.is_file():
+            known = ", ".join(self.heads()) or "none yet"
+            raise FileNotFoundError(f"this session has no head '{name}' (its heads: {known}); train or add one first")
+        return path
+
+    def save_head(self, head: Head, name: str) -> Path:
+        """Save `head` as a new session head; a taken name gets a suffix (`plates_2`)."""
+        stem = safe_name(name)
+        taken = self.heads()
+        unique, n = stem, 1
+        while unique in taken:
+            n += 1
+            unique = f"{stem}_{n}"
+        head.metadata.setdefault("label", unique)
+        self.touch()
+        return head.save(self.file("heads", f"{unique}.safetensors"))
+
+    def archive(self, folder: str | Path, name: str) -> Path:
+        """Zip a folder of this job into `<name>.zip` beside it (the archive's top folder is `name`)."""
+        folder = Path(folder).resolve()
+        if not folder.is_relative_to(self.path):
+            raise PermissionError(f"{folder.name}: only folders inside this session's job can be archived")
+        target = folder.parent / safe_name(name, default="archive")
+        return Path(shutil.make_archive(str(target), "zip", root_dir=folder.parent, base_dir=folder.name))
+
+    def request_stop(self) -> None:
+        """Ask this session's running training to stop after its current batch (works across processes)."""
+        self.file(_STOP_FILE).touch()
+
+    def stop_requested(self) -> bool:
+        return (self.path / _STOP_FILE).exists()
+
+    def touch(self) -> None:
+        """Mark the job as in use, so the sweep keeps it."""
+        self.path.touch(exist_ok=True)
+
+    def train(self, base, data: str | Path, **kwargs: Any) -> Iterator[TrainProgress | TrainResult]:
+        """Run `train_head` in a thread, yielding its progress reports and, last, the TrainResult.
+
+        Training runs under `<job>/runs`; `request_stop()` (or closing this iterator) stops it after the current batch.
+
+        Raises:
+            TrainingCancelled: a stop was requested.
+        """
+        (self.path / _STOP_FILE).unlink(missing_ok=True)
+        events: queue.Queue = queue.Queue()
+        closed = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = train_head(
+                    base,
+                    data,
+                    project=self.file("runs"),
+                    progress=events.put,
+                    stop=lambda: closed.is_set() or self.stop_requested(),
+                    **kwargs,
+                )
+            except BaseException as e:  # re-raised in the consumer's thread below
+                outcome["error"] = e
+            finally:
+                events.put(None)
+
+        thread = threading.Thread(target=run, name=f"train-{self.path.name[:8]}", daemon=True)
+        thread.start()
+        try:
+            while (event := events.get()) is not None:
+                self.touch()
+                yield event
+        finally:
+            closed.set()  # the consumer went away (e.g. the browser closed): stop the run at its next batch
+        thread.join()
+        (self.path / _STOP_FILE).unlink(missing_ok=True)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["result"]
+
+
+class JobRoot:
+    """The folder holding every session's job, keyed by a hash of the session id so folder names reveal nothing."""
+
+    def __init__(self, root: str | Path, *, max_age_s: float, sweep_every_s: float = 60.0) -> None:
+        self.root = Path(root).resolve()
+        self.max_age_s = max_age_s
+        self.sweep_every_s = sweep_every_s
+        self._last_sweep = float("-inf")
+        self._lock = threading.Lock()
+
+    def job(self, session: str | None) -> Job:
+        """The job folder of `session` (created on first use); None gets a fresh, unnamed one."""
+        self._maybe_sweep()
+        key = hashlib.sha256(session.encode()).hexdigest()[:32] if session else uuid.uuid4().hex
+        job = Job(self.root / key)
+        job.touch()
+        return job
+
+    def sweep(self, *, now: float | None = None) -> list[Path]:
+        """Delete job folders unused (not touched) for longer than `max_age_s`; returns what was removed."""
+        now = time.time() if now is None else now
+        removed = []
+        for folder in sorted(self.root.glob("*")) if self.root.is_dir() else []:
+            try:
+                old = folder.is_dir() and not folder.is_symlink() and now - folder.stat().st_mtime > self.max_age_s
+            except FileNotFoundError:
+                continue
+            if old:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        if removed:
+            LOGGER.info("removed %d job folder(s) older than %.0fs", len(removed), self.max_age_s)
+        return removed
+
+    def _maybe_sweep(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._last_sweep < self.sweep_every_s:
+                return
+            self._last_sweep = time.monotonic()
+        self.sweep()

@@ -1,0 +1,216 @@
+"""The app as its users drive it: `python app.py` on loopback, every endpoint called through gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from app_server import REPO, AppServer
+from conftest import copy_tiny_plates
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from hub_server import LoopbackHub
+from PIL import Image
+from ultralytics import YOLO
+
+import headkit
+
+ENDPOINTS = {
+    "load_model", "list_heads", "load_head", "compare", "load_dataset", "estimate_training", "train_head",
+    "stop_training", "convert_to_keypoints", "merge", "push_head",
+}  # fmt: skip
+BUS_LINE = "Merged model: 4 base-class detections (base alone: 4); largest confidence change against the base: 0"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    with LoopbackHub(tmp_path_factory.mktemp("hub")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, base_weights, hub):
+    env = {"HEADKIT_BASE": str(base_weights), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": ""}
+    with AppServer(tmp_path_factory.mktemp("app"), env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_name(base_weights) -> str:
+    return str(base_weights)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def plates_zip(tmp_path_factory, plates_dir) -> Path:
+    root = tmp_path_factory.mktemp("zips")
+    copy_tiny_plates(plates_dir, root / "tiny_plates")
+    return Path(shutil.make_archive(str(root / "tiny_plates"), "zip", root, "tiny_plates"))
+
+
+def test_every_event_is_named_after_its_headkit_verb(client):
+    names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(names) == {f"/{name}" for name in ENDPOINTS}
+
+
+def test_load_model_and_list_heads(client, base_name):
+    banner, info = client.predict(api_name="/load_model")  # the base picker defaults to HEADKIT_BASE
+    assert banner == "" and info["loaded"] and info["base"] == base_name
+    assert info["names"] == {"0": "Normal", "1": "Fall"} and len(info["fingerprint"]) == 64
+    heads, notes, *_ = client.predict(base_name, api_name="/list_heads")
+    assert {"key": "license_plate", "available": True} | heads[0] == heads[0]
+    assert "2 classes (Normal, Fall)" in notes
+
+
+def test_compare_on_bus(client, base_name, bus_jpg):
+    *images, table, line, result = client.predict(
+        base_name, handle_file(bus_jpg), ["license_plate"], 0.25, 0.7, 640, api_name="/compare"
+    )
+    assert line == BUS_LINE
+    assert [Image.open(p).size for p in images] == [Image.open(bus_jpg).size] * 3
+    assert result["base_count"] == result["merged_base_count"] == 4 and result["max_confidence_change"] == 0
+    rows = result["detections"]
+    assert {r["model"] for r in rows} >= {"base", "merged"}
+    assert {r["origin"] for r in rows if r["model"] == "custom"} <= {"license_plate"}
+    assert table["headers"] == ["model", "origin", "name", "class_id", "confidence", "xyxy"]
+    assert len(table["data"]) == len(rows)
+
+
+def test_convert_a_small_dataset_zip(client, plates_zip, tmp_path):
+    archive, summary = client.predict(handle_file(plates_zip), api_name="/convert_to_keypoints")
+    assert summary["splits"] == {"train": {"images": 8, "boxes": 15}, "val": {"images": 4, "boxes": 4}}
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp_path)
+    root = tmp_path / "tiny_plates-keypoints"
+    assert yaml.safe_load((root / "data.yaml").read_text())["kpt_shape"] == [1, 3]
+    label = next((root / "labels" / "train").glob("*.txt")).read_text().split()
+    assert len(label) % 8 == 0 and label[-1] == "1"
+
+
+def test_train_then_compare_merge_and_share_within_the_session(client, app, hub, base_name, plates_zip, bus_jpg):
+    summary_md, previews, summary, *_ = client.predict(base_name, handle_file(plates_zip), api_name="/load_dataset")
+    assert summary["names"] == {"0": "license_plate"} and summary["splits"]["train"]["images"] == 8
+    assert "| train | 8 | 8 | 15 |" in summary_md and len(previews) == 4
+    assert "Estimated training time: about" in client.predict(base_name, 1, 160, 4, api_name="/estimate_training")
+
+    status, curve, head_file, metrics, report, plots, *_ = client.predict(
+        base_name, handle_file(plates_zip), 1, 160, 4, False, api_name="/train_head"
+    )
+    key = report["head"]
+    assert key == "session/tiny_plates" and status.startswith("✅ Trained `session/tiny_plates`")
+    assert headkit.load_head(head_file).names == {0: "license_plate"}
+    assert report["trunk_check"]["untouched"] and set(report["metrics"]) == {"license_plate", "all"}
+    assert metrics["headers"] == ["class", "P", "R", "mAP50", "mAP50-95"] and plots
+    assert curve["columns"] == ["epoch", "metric", "value"]
+    assert sorted(row[1] for row in curve["data"]) == ["P", "R", "mAP50", "mAP50-95"]  # one epoch, four metrics
+    assert key in [h["key"] for h in client.predict(base_name, api_name="/list_heads")[0]]
+
+    line = client.predict(base_name, handle_file(bus_jpg), [key], 0.25, 0.7, 320, api_name="/compare")[4]
+    assert "largest confidence change against the base: 0" in line
+
+    files, info = client.predict(base_name, ["license_plate", key], True, True, 160, api_name="/merge")
+    assert [Path(f).suffix for f in files] == [".pt", ".onnx"]
+    assert info["names"] == {"0": "Normal", "1": "Fall", "2": "license_plate", "3": "license_plate_2"}
+    assert YOLO(files[0]).names == {0: "Normal", 1: "Fall", 2: "license_plate", 3: "license_plate_2"}
+
+    message, pushed = client.predict(base_name, key, "alice/plates", "hf_test_token", None, api_name="/push_head")
+    assert message.startswith("✅ Pushed to [alice/plates]") and pushed["commit_url"].startswith(hub.url)
+    assert set(hub.commits[-1]["files"]) == {"tiny_plates.safetensors", "README.md", "example.jpg"}
+
+    stranger = Client(app.url, verbose=False)  # another browser or script: its own session
+    assert key not in [h["key"] for h in stranger.predict(base_name, api_name="/list_heads")[0]]
+    for endpoint, args in (("/compare", (handle_file(bus_jpg), [key], 0.25, 0.7, 320)),
+                           ("/merge", ([key], True, False, 640))):  # fmt: skip
+        with pytest.raises(AppError, match="this session has no head 'tiny_plates'"):
+            stranger.predict(base_name, *args, api_name=endpoint)
+    saved = next(app.jobs.glob("*/heads/tiny_plates.safetensors"))
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(f"{app.url}/gradio_api/file={saved}")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "args", "message"),
+    [
+        ("/compare", ("BASE", None, [], 0.25, 0.7, 640), "give an image"),
+        ("/compare", ("BASE", "BUS", ["../../weights/license_plate"], 0.25, 0.7, 640), "unknown head"),
+        ("/compare", ("BASE", "BUS", ["hf://someone/models/model.pt"], 0.25, 0.7, 640), "pickle"),
+        ("/compare", ("BASE", "BUS", ["license_plate"], 3.0, 0.7, 640), "greater than maximum value 1.0"),
+        ("/load_head", ("BASE", "EVIL", ""), "pickle"),
+        ("/load_head", ("BASE", None, ""), "is not a Hub address; upload a head"),
+        ("/load_head", ("BASE", None, "/etc/passwd"), "is not a Hub address"),
+        ("/load_dataset", ("BASE", "GARBAGE"), "GARBAGE.zip"),
+        ("/load_dataset", ("BASE", "EVIL"), "pickle"),
+        ("/convert_to_keypoints", ("BUS",), r"expected a dataset zip \(.zip file\)"),
+        ("/train_head", ("BASE", None, 1, 160, 4, False), "upload a dataset zip first"),
+        ("/merge", ("BASE", [], True, False, 640), "choose at least one head"),
+        ("/push_head", ("BASE", "license_plate", "not a repo id", "t", None), "not a model repository id"),
+        ("/push_head", ("BASE", "license_plate", "alice/plates", "", None), "needs a Hub token"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(
+    client, base_name, bus_jpg, tmp_path, endpoint, args, message
+):
+    (tmp_path / "head.pt").write_bytes(b"\x80\x04 a pickle")
+    (tmp_path / "GARBAGE.zip").write_bytes(b"not a zip")
+    files = {"BUS": bus_jpg, "EVIL": tmp_path / "head.pt", "GARBAGE": tmp_path / "GARBAGE.zip"}
+    values = {name: handle_file(path) for name, path in files.items()} | {"BASE": base_name}
+    with pytest.raises(AppError, match=message):
+        client.predict(*[values.get(a, a) if isinstance(a, str) else a for a in args], api_name=endpoint)
+    assert client.predict(base_name, api_name="/list_heads")[0]
+
+
+def test_without_a_base_the_app_starts_and_says_how_to_fix_it(tmp_path, base_weights):
+    missing = "/nonexistent/yolov8n.pt"
+    env = {"HEADKIT_BASE": str(base_weights), "HF_HUB_OFFLINE": "1"}
+    with AppServer(tmp_path / "app", env, args=("--base", missing)) as server:
+        client = Client(server.url, verbose=False)
+        banner, info = client.predict(api_name="/load_model")  # --base wins over HEADKIT_BASE
+        assert info == {"base": missing, "loaded": False, "error": banner}
+        assert f"Base model `{missing}` is not available" in banner and "--base" in banner
+        assert "HEADKIT_BASE=/path/to/model.pt" in banner
+        with pytest.raises(AppError, match="is not available"):
+            client.predict(missing, api_name="/list_heads")
+
+
+ZERO_GPU_CHECK = """
+import json, spaces, app
+assert app.train_on_device.gpu_duration is app._gpu_seconds, "training must run inside one spaces.GPU call"
+assert app._gpu_seconds("base", "data.yaml", "job", 1, 160, 4, False, 42) == 42
+fits = app.estimate_training(app.BASE, {"train": 8, "val": 4}, 1, 640, 16)
+refused = app.estimate_training(app.BASE, {"train": 5000, "val": 500}, 300, 1280, 16)
+print(json.dumps([fits, refused]))
+"""
+SPACES_STUB = """
+def GPU(duration=60):
+    def wrap(fn):
+        fn.gpu_duration = duration
+        return fn
+    return wrap
+"""
+
+
+def test_zero_gpu_training_runs_in_one_gpu_call_or_is_refused_with_advice(tmp_path, base_weights):
+    (tmp_path / "spaces.py").write_text(SPACES_STUB)  # stands in for the `spaces` package, present on Spaces only
+    env = {"PYTHONPATH": str(tmp_path), "SPACES_ZERO_GPU": "true", "SPACE_ID": "someone/headkit",
+           "HEADKIT_BASE": str(base_weights), "HEADKIT_JOBS_DIR": str(tmp_path / "jobs"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", ZERO_GPU_CHECK], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    fits, refused = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fits.startswith("Estimated training time: about") and "Fits one ZeroGPU call (30 s)" in fits
+    assert "Too long for ZeroGPU" in refused and "duplicate this Space on dedicated GPU hardware" in refused

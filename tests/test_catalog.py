@@ -1,0 +1,78 @@
+"""Head keys: shipped names, session/<name>, hf:// — never paths; pickles refused; unfit heads listed with the reason."""
+
+from __future__ import annotations
+
+import pytest
+from hub_server import LoopbackHub
+
+import headkit
+from headkit.catalog import load_head_key
+
+PICKLE = "pickle.*could run code"
+
+
+@pytest.fixture
+def shipped(tmp_path, plate_head):
+    folder = tmp_path / "weights"
+    plate_head.save(folder / "license_plate.safetensors")
+    stranger = headkit.Head(plate_head.tensors, {**plate_head.metadata, "base_fingerprint": "0" * 64})
+    stranger.save(folder / "stranger.safetensors")
+    (folder / "broken.safetensors").write_bytes(b"not a head")
+    return folder
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    return headkit.JobRoot(tmp_path / "jobs", max_age_s=3600)
+
+
+def test_list_marks_what_fits_and_says_why_not(base, shipped, jobs):
+    entries = {e.key: e for e in headkit.list_heads(base, shipped_dir=shipped, job=jobs.job("s"))}
+
+    assert entries["license_plate"].available and entries["license_plate"].names == {0: "license_plate"}
+    assert not entries["stranger"].available
+    assert "was trained on base sha256 000000000000" in entries["stranger"].reason
+    assert entries["broken"].reason.startswith("unreadable: broken.safetensors")
+    assert entries["license_plate"].to_dict()["classes"] == ["license_plate"]
+
+
+def test_keys_never_reach_files_by_path(shipped, jobs, tmp_path):
+    job = jobs.job("s")
+    assert load_head_key("license_plate", shipped_dir=shipped).names == {0: "license_plate"}
+    outside = shipped / "license_plate.safetensors"
+    for key in (str(outside), "../weights/license_plate", "session/../../weights/license_plate", "nope"):
+        with pytest.raises((FileNotFoundError, PermissionError)):
+            load_head_key(key, shipped_dir=shipped, job=job)
+    for key in ("model.pt", "hf://someone/repo/evil.pth@main", "weights.bin"):
+        with pytest.raises(ValueError, match=PICKLE):
+            load_head_key(key, shipped_dir=shipped, job=job)
+
+
+def test_added_heads_belong_to_their_session(base, shipped, jobs, tmp_path):
+    mine, theirs = jobs.job("mine"), jobs.job("theirs")
+    key = headkit.add_head(shipped / "license_plate.safetensors", mine, name="plates")
+
+    assert key == "session/plates"
+    assert load_head_key(key, job=mine).metadata["label"] == "plates"
+    assert [e.key for e in headkit.list_heads(base, job=mine)] == ["session/plates"]
+    assert headkit.list_heads(base, job=theirs) == []
+    with pytest.raises(FileNotFoundError, match="no head 'plates'"):
+        load_head_key(key, job=theirs)
+    evil = tmp_path / "head.pt"
+    evil.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ValueError, match=PICKLE):
+        headkit.add_head(evil, mine)
+
+
+def test_heads_from_the_hub(base, plate_head, jobs, tmp_path, monkeypatch):
+    with LoopbackHub(tmp_path / "hub") as hub:
+        hub.add_file("someone/plates", "plates.safetensors", plate_head.save(tmp_path / "plates.safetensors"))
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        address = "hf://someone/plates/plates.safetensors"
+        assert load_head_key(address).names == plate_head.names
+        key = headkit.add_head(address, jobs.job("s"))
+    assert key == "session/plates"
+    with pytest.raises(ValueError, match="heads on the Hub are .safetensors"):
+        load_head_key("hf://someone/plates/README.md")

@@ -1,0 +1,176 @@
+"""push_head: one commit of head + model card + example to a real (loopback) Hub; the card's format in full."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import yaml
+from hub_server import LoopbackHub
+from huggingface_hub import ModelCard
+from PIL import Image
+
+import headkit
+from headkit.headfile import new_detect
+
+TOKEN = "hf_loopback_write_token"
+
+CARD = """---
+library_name: ultralytics
+pipeline_tag: object-detection
+license: agpl-3.0
+tags:
+- ultralytics
+- yolo
+- object-detection
+- headkit
+- detection-head
+base_model: Ultralytics/YOLOv8
+---
+
+# plates: an extra detection head for yolov8n.pt
+
+A YOLO Detect head that adds 2 class(es) to its base model without changing a single base weight: it was trained on \
+the base's frozen trunk, and merging it keeps every base detection exactly as it was. Made with headkit.
+
+## Base model
+
+| field | value |
+|---|---|
+| source | `yolov8n.pt` |
+| trunk fingerprint (sha256) | `{fp}` |
+| base classes | 3 (person, bicycle, car) |
+
+The head fits only a base whose trunk has this fingerprint; headkit refuses any other.
+
+## Classes
+
+| head index | merged index | class |
+|---|---|---|
+| 0 | 3 | `license_plate` |
+| 1 | 4 | `helmet` |
+
+Merged index: the class index in `headkit.merge(base, head)`, where the base's 3 classes come first. Each further \
+head merged after this one starts after its classes.
+
+## Metrics (validation split)
+
+| class | P | R | mAP50 | mAP50-95 |
+|---|---|---|---|---|
+| `license_plate` | 0.9 | 0.8 | 0.85 | 0.5 |
+| `helmet` | 0.7 | 0.6 | 0.65 | 0.4 |
+| `all` | 0.8 | 0.7 | 0.75 | 0.45 |
+
+## Example
+
+![prediction of the merged model](example.jpg)
+
+## Use
+
+```python
+import headkit
+
+base = headkit.load_model("yolov8n.pt")
+head = headkit.load_head("hf://alice/plates/plates.safetensors")
+model = headkit.merge(base, head)  # base classes first, then this head's
+results = model.predict("image.jpg")
+```
+
+## Training
+
+| field | value |
+|---|---|
+| trained with | keypoint-trick |
+| image size | 640 |
+| Ultralytics | 8.4.190 |
+| created | 2025-01-01T00:00:00+00:00 |
+| trunk untouched | True (225 of 225 trunk tensors bit-identical) |
+
+## License
+
+AGPL-3.0, as Ultralytics YOLO.
+"""
+
+
+@pytest.fixture
+def two_class_head(plate_head):
+    """A head with hand-set metadata, so every line of its card can be checked."""
+    metrics = {
+        "license_plate": {"P": 0.9, "R": 0.8, "mAP50": 0.85, "mAP50-95": 0.5},
+        "helmet": {"P": 0.7, "R": 0.6, "mAP50": 0.65, "mAP50-95": 0.4},
+        "all": {"P": 0.8, "R": 0.7, "mAP50": 0.75, "mAP50-95": 0.45},
+    }
+    metadata = {
+        **plate_head.metadata,
+        "label": "plates",
+        "names": {"0": "license_plate", "1": "helmet"},
+        "base_source": "yolov8n.pt",
+        "base_names": {"0": "person", "1": "bicycle", "2": "car"},
+        "metrics": metrics,
+        "trained_with": "keypoint-trick",
+        "imgsz": 640,
+        "ultralytics_version": "8.4.190",
+        "created": "2025-01-01T00:00:00+00:00",
+        "trunk_check": {"tensors": 225, "identical": 225, "max_abs_diff": 0.0, "changed": [], "untouched": True},
+    }
+    meta = plate_head.metadata
+    detect = new_detect(2, plate_head.channels, reg_max=meta["reg_max"], legacy=meta["legacy"])
+    return headkit.Head({k: v.clone() for k, v in detect.state_dict().items()}, metadata)
+
+
+def test_model_card_in_full(two_class_head):
+    card = headkit.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
+    assert card == CARD.format(fp=two_class_head.base_fingerprint)
+
+    data = ModelCard(card).data.to_dict()
+    assert data["library_name"] == "ultralytics" and data["pipeline_tag"] == "object-detection"
+    assert data["license"] == "agpl-3.0" and data["base_model"] == "Ultralytics/YOLOv8"
+
+
+def test_card_of_a_local_base_names_the_file_only(plate_head):
+    head = headkit.Head(plate_head.tensors, {**plate_head.metadata, "base_source": "/srv/private/models/fall.pt"})
+    card = headkit.render_model_card(head, example=None)
+    front = yaml.safe_load(card.split("---")[1])
+    assert "base_model" not in front
+    assert "/srv/private" not in card and "`fall.pt`" in card and 'load_model("path/to/fall.pt")' in card
+    assert "## Example" not in card
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with LoopbackHub(tmp_path / "hub") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
+
+
+def test_push_is_one_commit_that_loads_back(hub, two_class_head):
+    example = np.full((48, 64, 3), 200, dtype=np.uint8)
+    url = headkit.push_head(two_class_head, "alice/plates", token=TOKEN, example_image=example)
+
+    assert len(hub.commits) == 1
+    commit = hub.commits[0]
+    assert url.startswith(hub.url) and commit["oid"] in url
+    assert set(commit["files"]) == {"plates.safetensors", "README.md", "example.jpg"}
+    assert commit["token"] == TOKEN
+    card = commit["files"]["README.md"].decode()
+    assert card == headkit.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
+    assert Image.open(io.BytesIO(commit["files"]["example.jpg"])).size == (64, 48)
+
+    pulled = headkit.load_head("hf://alice/plates/plates.safetensors")
+    assert pulled.names == {0: "license_plate", 1: "helmet"}
+    assert all(pulled.tensors[k].equal(v) for k, v in two_class_head.tensors.items())
+
+    headkit.push_head(two_class_head, "alice/plates", token=TOKEN)  # the repo exists now: a second commit
+    assert len(hub.commits) == 2 and "example.jpg" not in hub.commits[1]["files"]
+
+
+def test_push_refuses_bad_ids_and_missing_tokens(hub, two_class_head):
+    with pytest.raises(ValueError, match="not a model repository id"):
+        headkit.push_head(two_class_head, "../etc", token=TOKEN)
+    with pytest.raises(ValueError, match="needs a Hub token"):
+        headkit.push_head(two_class_head, "alice/plates")
+    assert hub.commits == []

@@ -30,9 +30,7 @@ def main() -> int:
     parser.add_argument("--head", default=str(REPO / "weights" / "license_plate.safetensors"))
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     base = headkit.load_model(args.base)
     head = headkit.load_head(args.head)

@@ -95,26 +95,35 @@ def plate_images(plates_dir: Path) -> list[Path]:
     return sorted((plates_dir / "images" / "val").glob("*.jpg"))[:3]
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, base, plates_dir):
-    """A real (tiny) training run: 1 epoch at imgsz 160 on 8 plate images, over the real base."""
+def tiny_training(root: Path, base, plates_dir: Path, **options):
+    """A real (tiny) training run: 1 epoch at imgsz 160 on 8 plate images over the real base; (result, events)."""
     from headkit.train import train_head
 
-    root = tmp_path_factory.mktemp("tiny_run")
     data = copy_tiny_plates(plates_dir, root / "data")
     events = []
-    result = train_head(
-        base,
-        data / "data.yaml",
-        epochs=1,
-        imgsz=160,
-        batch=4,
-        device="cpu",
-        workers=0,
-        project=root / "runs",
-        progress=events.append,
-    )
+    settings = dict(epochs=1, imgsz=160, batch=4, device="cpu", workers=0, project=root / "runs")
+    result = train_head(base, data / "data.yaml", progress=events.append, **(settings | options))
     return result, events
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, base, plates_dir):
+    return tiny_training(tmp_path_factory.mktemp("tiny_run"), base, plates_dir)
+
+
+@pytest.fixture(scope="session")
+def offline_app(tmp_path_factory, base_weights):
+    """app.py in a child process on loopback, offline (the Hub is a closed port), with its own folders."""
+    from app_server import AppServer
+
+    env = {
+        "HEADKIT_BASE": str(base_weights),
+        "HEADKIT_BASES": "",
+        "HF_HUB_OFFLINE": "1",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }
+    with AppServer(tmp_path_factory.mktemp("app"), env) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -169,15 +169,8 @@ def test_killed_training_registers_no_head_and_the_next_run_does(
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, base_weights: Path):
-    env = {
-        "HEADKIT_BASE": str(base_weights),
-        "HEADKIT_BASES": "",
-        "HF_HUB_OFFLINE": "1",
-        "HF_ENDPOINT": "http://127.0.0.1:9",
-    }
-    with AppServer(tmp_path_factory.mktemp("app"), env) as server:
-        yield server
+def app(offline_app: AppServer) -> AppServer:
+    return offline_app
 
 
 def _session_heads(client: Client, base: str) -> list[str]:

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import copy_tiny_plates
+from conftest import tiny_training
 from ultralytics import YOLO
 from ultralytics.nn.modules import Pose
 
 import headkit
 from headkit.posehead import pose_variant
-from headkit.train import train_head
 from headkit.trunk import compare_trunks, head_index
 
 
@@ -31,23 +30,7 @@ def _parameters(model) -> int:
 @pytest.fixture(scope="module")
 def trick_run(tmp_path_factory, base, plates_dir):
     """A real (tiny) keypoint-trick run: 1 epoch at imgsz 160 on 8 plate images, over the real base."""
-    root = tmp_path_factory.mktemp("trick_run")
-    data = copy_tiny_plates(plates_dir, root / "data")
-    events = []
-    result = train_head(
-        base,
-        data / "data.yaml",
-        epochs=1,
-        imgsz=160,
-        batch=4,
-        device="cpu",
-        workers=0,
-        project=root / "runs",
-        name="trick",
-        keypoint_trick=True,
-        progress=events.append,
-    )
-    return result, events
+    return tiny_training(tmp_path_factory.mktemp("trick_run"), base, plates_dir, name="trick", keypoint_trick=True)
 
 
 def test_pose_variant_shares_the_base_trunk(base):

@@ -300,16 +300,8 @@ def test_data_yaml_cannot_run_code(tiny_plates: Path, tmp_path: Path, marker: Pa
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, base_weights: Path):
-    """app.py in a child process on loopback, offline (the Hub is a closed port), with its own folders."""
-    env = {
-        "HEADKIT_BASE": str(base_weights),
-        "HEADKIT_BASES": "",
-        "HF_HUB_OFFLINE": "1",
-        "HF_ENDPOINT": "http://127.0.0.1:9",
-    }
-    with AppServer(tmp_path_factory.mktemp("app"), env) as server:
-        yield server
+def app(offline_app: AppServer) -> AppServer:
+    return offline_app
 
 
 def _client(app: AppServer) -> Client:

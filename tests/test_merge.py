@@ -166,25 +166,8 @@ def test_val_on_merged_names(tmp_path, base, plate_head, tiny_plates):
         cache.unlink()
     merged = headkit.merge(base, plate_head)
     custom = headkit.merge(base, plate_head, keep_base_head=False)
-    m = merged.val(
-        data=str(remapped / "data.yaml"),
-        imgsz=320,
-        batch=4,
-        workers=0,
-        plots=False,
-        verbose=False,
-        project=str(tmp_path),
-        name="m",
-    )
-    c = custom.val(
-        data=str(tiny_plates / "data.yaml"),
-        imgsz=320,
-        batch=4,
-        workers=0,
-        plots=False,
-        verbose=False,
-        project=str(tmp_path),
-        name="c",
-    )
+    settings = dict(imgsz=320, batch=4, workers=0, plots=False, verbose=False, project=str(tmp_path))
+    m = merged.val(data=str(remapped / "data.yaml"), name="m", **settings)
+    c = custom.val(data=str(tiny_plates / "data.yaml"), name="c", **settings)
     assert m.box.map50 > 0.3
     assert abs(m.box.map50 - c.box.map50) < 1e-6

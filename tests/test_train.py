@@ -9,6 +9,8 @@ import headkit
 from headkit.model import clone_model
 from headkit.trunk import detection_model, head_index
 
+TINY = dict(epochs=1, imgsz=160, batch=4, device="cpu", workers=0)  # a real run, small enough for 2 CPU cores
+
 
 def test_tiny_training_yields_a_head_with_metadata(tiny_run, base):
     result, _ = tiny_run
@@ -97,17 +99,7 @@ def test_stop_cancels_and_returns_no_head(base, tiny_plates, tmp_path):
     from headkit.train import TrainingCancelled, train_head
 
     with pytest.raises(TrainingCancelled):
-        train_head(
-            base,
-            tiny_plates / "data.yaml",
-            epochs=1,
-            imgsz=160,
-            batch=4,
-            device="cpu",
-            workers=0,
-            project=tmp_path,
-            stop=lambda: True,
-        )
+        train_head(base, tiny_plates / "data.yaml", project=tmp_path, stop=lambda: True, **TINY)
 
 
 @pytest.mark.parametrize("arch", ["yolov8n-seg.yaml", "yolov8n-cls.yaml", "yolo26n.yaml"])
@@ -125,16 +117,12 @@ def test_training_can_start_from_a_head(base, tiny_head, tiny_plates, tmp_path):
     result = train_head(
         base,
         tiny_plates / "data.yaml",
-        epochs=1,
-        imgsz=160,
-        batch=4,
-        device="cpu",
-        workers=0,
         project=tmp_path,
         init_head=tiny_head,
         lr0=0.0,
         optimizer="SGD",
         warmup_epochs=0,
+        **TINY,
     )
     weights = [k for k in tiny_head.tensors if k.endswith("conv.weight")]
     assert weights

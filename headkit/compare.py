@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from ultralytics.utils.metrics import box_iou
 
 from .datasets import MAX_IMAGE_PIXELS
 from .headfile import Head
@@ -93,21 +95,10 @@ def read_image(source: str | Path | np.ndarray | Image.Image) -> np.ndarray:
         raise ValueError(f"{Path(str(name)).name}: not a usable image ({e}); give a JPEG or PNG photo") from e
 
 
-def _label(head: Head) -> str:
-    return head.metadata.get("label") or ", ".join(head.names.values())
-
-
 def _origins(names: dict[int, str], heads: Sequence[tuple[Head, str]]) -> list[str]:
     """The origin of each class index of a (merged) model: base classes first, then each (head, label)'s in order."""
     from_heads = [label for head, label in heads for _ in range(head.nc)]
     return ["base"] * (len(names) - len(from_heads)) + from_heads
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: np.prod(b[..., 2:] - b[..., :2], axis=-1)  # noqa: E731
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
 def confidence_change(base_rows: np.ndarray, merged_rows: np.ndarray) -> tuple[float, int]:
@@ -124,7 +115,7 @@ def confidence_change(base_rows: np.ndarray, merged_rows: np.ndarray) -> tuple[f
         candidates = [j for j in range(len(merged_rows)) if j not in used and merged_rows[j, 5] == row[5]]
         if not candidates:
             continue
-        ious = _iou(row[:4], merged_rows[candidates, :4])
+        ious = box_iou(torch.as_tensor(row[None, :4]), torch.as_tensor(merged_rows[candidates, :4]))[0].numpy()
         if ious.max() < 0.5:
             continue
         best = candidates[int(ious.argmax())]
@@ -185,7 +176,7 @@ class Comparer:
             raise ValueError(f"confidence and IoU thresholds are fractions in [0, 1], got conf={conf}, iou={iou}")
         if not 32 <= imgsz <= 4096:
             raise ValueError(f"image size should be between 32 and 4096 pixels, got {imgsz}")
-        labels = [str(v) for v in labels] if labels is not None else [_label(h) for h in heads]
+        labels = [str(v) for v in labels] if labels is not None else [h.label for h in heads]
         if len(labels) != len(heads):
             raise ValueError(f"expected one label per head, got {len(labels)} label(s) for {len(heads)} head(s)")
         bgr = np.ascontiguousarray(read_image(image)[..., ::-1])

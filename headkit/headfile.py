@@ -49,6 +49,11 @@ class Head:
         return len(self.names)
 
     @property
+    def label(self) -> str:
+        """How people name this head: its `label` metadata, else its class names."""
+        return self.metadata.get("label") or ", ".join(self.names.values())
+
+    @property
     def base_fingerprint(self) -> str:
         return self.metadata["base_fingerprint"]
 

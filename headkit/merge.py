@@ -79,7 +79,7 @@ def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) ->
     """Refuse a head made for another trunk or channel layout, with both sides in the message."""
     base_detect = detection_model(base).model[-1]
     layout = describe_detect(base_detect)
-    label = head.metadata.get("label") or ", ".join(head.names.values())
+    label = head.label
     if head.channels != layout["channels"] or head.metadata["reg_max"] != layout["reg_max"]:
         raise ValueError(
             f"head '{label}' expects feature maps with {head.channels} channels (reg_max {head.metadata['reg_max']}), "

@@ -11,9 +11,10 @@ import functools
 import inspect
 import logging
 import os
-import tempfile
+import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 # A public server never pip-installs at run time (Ultralytics would, e.g. on an odd upload); set before it is imported.
@@ -41,11 +42,7 @@ INFERENCE_DEVICE = "cpu" if SETTINGS.zero_gpu else None  # ZeroGPU attaches a GP
 TRAIN_OPTIONS = {} if GPU else {"workers": 0}  # on CPU, loader processes would only compete with training
 BASE_RETRY_S = 300.0
 MAX_UPLOAD = "500mb"
-ALLOWED_PATHS = (
-    []
-    if any(SETTINGS.jobs_dir.resolve().is_relative_to(p) for p in (Path.cwd(), Path(tempfile.gettempdir())))
-    else [str(SETTINGS.jobs_dir)]
-)
+LIMITS = SETTINGS.limits
 USER_ERRORS = (ValueError, OSError, LookupError, headkit.UntrustedSourceError)
 METRIC_COLUMNS = ["class", "P", "R", "mAP50", "mAP50-95"]
 METRIC_KEYS = {
@@ -68,24 +65,37 @@ TRAIN_HELP = """Upload a YOLO detection dataset as a **.zip** (Ultralytics or Ro
 Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in
 the queue shows on the progress bar. Stop ends the run after the current batch; nothing is saved then."""
 
+MERGE_HELP = """A merged `.pt` with several heads needs **headkit installed** to load (it holds headkit's `ConcatHead`;
+without headkit, Ultralytics would try to `pip install headkit`). **TorchScript** and **ONNX** files run with plain
+`ultralytics.YOLO(path)` anywhere, with the merged class names."""
+BRANCH_HELP = (
+    "Head only: a Detect head on the frozen trunk (smallest, cheapest). Neck branch: the head also trains its own copy "
+    "of the neck (more accurate on new classes; costs the neck again at inference). Base detections stay exact either way."
+)
+
 # Models: each base is loaded once (on first use) and kept, with its merged variants, for every request.
 JOBS = headkit.JobRoot(SETTINGS.jobs_dir, max_age_s=SETTINGS.job_max_age_s)
 _COMPARERS: dict[str, headkit.Comparer] = {}
 _FAILURES: dict[str, tuple[float, str]] = {}
-_LOAD_LOCK = threading.Lock()
+_LOAD_LOCKS: dict[str, threading.Lock] = {}  # one per base: a slow download of one base blocks no other
+_LOCKS_LOCK = threading.Lock()
 
 
 def comparer(base: str) -> headkit.Comparer:
     """The cached base (with its merged variants); a failed load is reported, and retried after BASE_RETRY_S."""
     if base not in BASES:
         raise gr.Error(f"unknown base '{base}'; choose one of {', '.join(BASES)}")
-    with _LOAD_LOCK:
+    if base in _COMPARERS:
+        return _COMPARERS[base]
+    with _LOCKS_LOCK:
+        lock = _LOAD_LOCKS.setdefault(base, threading.Lock())
+    with lock:
         if base not in _COMPARERS:
             failed_at, error = _FAILURES.get(base, (float("-inf"), ""))
             if time.monotonic() - failed_at < BASE_RETRY_S:
                 raise gr.Error(NO_BASE.format(base=base, error=error))
             try:
-                _COMPARERS[base] = headkit.Comparer(headkit.load_model(base), device=INFERENCE_DEVICE)
+                _COMPARERS[base] = headkit.Comparer(headkit.load_model(base), device=INFERENCE_DEVICE, limits=LIMITS)
             except (*USER_ERRORS, RuntimeError) as e:
                 _FAILURES[base] = (time.monotonic(), str(e))
                 raise gr.Error(NO_BASE.format(base=base, error=e)) from e
@@ -136,6 +146,27 @@ def job(request: gr.Request | None) -> headkit.Job:
     return JOBS.job(getattr(request, "session_hash", None))
 
 
+def roomy_job(request: gr.Request | None) -> headkit.Job:
+    """The session's job, refused (with the limit) when its files already fill its disk allowance."""
+    work = job(request)
+    work.check_disk(LIMITS)
+    return work
+
+
+def served_folder() -> Path:
+    """A new folder inside Gradio's upload cache: outputs are served from there only, never from the jobs tree."""
+    folder = Path(gr.utils.get_upload_folder()) / "headkit" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    return folder
+
+
+def served(path: Path) -> str:
+    """A copy of a job's file in Gradio's cache, for a download or a gallery."""
+    target = served_folder() / path.name
+    shutil.copyfile(path, target)
+    return str(target)
+
+
 def heads_for(keys: list[str] | None, request: gr.Request | None) -> list[headkit.Head]:
     return [headkit.load_head_key(k, shipped_dir=WEIGHTS_DIR, job=job(request)) for k in keys or []]
 
@@ -155,6 +186,12 @@ def head_outputs(base: str, request: gr.Request, *, reset: bool = False):
     entries = headkit.list_heads(model, shipped_dir=WEIGHTS_DIR, job=job(request))
     lines = [f"**Base** `{display(base)}`: {len(model.names)} classes ({', '.join(model.names.values())})"]
     lines += [f"- **unavailable** `{e.key}`: {e.reason}" for e in entries if not e.available]
+    lines += [f"- `{e.key}`: {e.kind}" for e in entries if e.available and e.kind != "head only"]
+    lines += [
+        f"- `{e.key}`: base fingerprint **assumed, not verified** (imported from a legacy .pth, which records none)"
+        for e in entries
+        if not e.fingerprint_verified
+    ]
     choices = [(e.label, e.key) for e in entries if e.available]
     shipped = [e.key for e in entries if e.available and e.origin == "shipped"]
     compare_picker = gr.Dropdown(choices=choices, value=shipped) if reset else gr.Dropdown(choices=choices)
@@ -192,7 +229,7 @@ def load_head(base: str, file: str | None, address: str, request: gr.Request):
         raise gr.Error(
             f"'{address}' is not a Hub address; upload a head (.safetensors) or give hf://owner/repo/head.safetensors"
         )
-    gr.Info(f"added {headkit.add_head(file or address, job(request))}")
+    gr.Info(f"added {headkit.add_head(file or address, roomy_job(request))}")
     return head_outputs(base, request)
 
 
@@ -204,7 +241,7 @@ def compare(base: str, image: str | None, heads: list[str], conf: float, iou: fl
         image, heads_for(heads, request), labels=heads or [], conf=conf, iou=iou, imgsz=int(imgsz)
     )
     table = pd.DataFrame([d.to_dict() for d in result.detections], columns=DETECTION_COLUMNS)
-    folder = job(request).folder("compare")  # one file per call: identical outputs never share a cache file
+    folder = served_folder()  # one folder per call: identical outputs never share a cache file
     images = [_save_image(result.images[name], folder / f"{name}.jpg") for name in ("base", "custom", "merged")]
     return *images, table, result.summary(), result.to_dict()
 
@@ -220,7 +257,7 @@ def _save_image(pixels, path: Path) -> str | None:
 def load_dataset(base: str, archive: str | None, request: gr.Request):
     summary = headkit.load_dataset(
         upload(archive, ".zip", "a dataset zip"),
-        work_dir=job(request).file("datasets"),
+        work_dir=roomy_job(request).file("datasets"),
         base_names=comparer(base).base.names.values(),
     )
     counts = {split: c.images for split, c in summary.splits.items()}
@@ -246,6 +283,8 @@ def estimate_training(base: str, counts: dict | None, epochs: int, imgsz: int, b
         return "Upload a dataset to see how long training takes."
     expected = estimate(comparer(base).base, counts["train"], counts.get("val", 0), epochs, imgsz)
     text = f"Estimated training time: {expected.describe()}."
+    if expected.seconds > LIMITS.max_train_s:
+        text += f"\n\n**Too long for this server** (at most {LIMITS.max_train_s / 3600:g} h): {train_advice()}"
     if SETTINGS.zero_gpu:
         try:
             text += f" Fits one ZeroGPU call ({headkit.zero_gpu_duration(expected, SETTINGS.zero_gpu_max_s)} s)."
@@ -254,17 +293,39 @@ def estimate_training(base: str, counts: dict | None, epochs: int, imgsz: int, b
     return text
 
 
+def train_advice() -> str:
+    return (
+        "lower the epochs, the image size or the number of images, or duplicate this Space on faster hardware "
+        "and raise HEADKIT_MAX_TRAIN_S"
+    )
+
+
 def _gpu_seconds(*args, **kwargs) -> int:
     return int(kwargs.get("gpu_seconds", args[-1]))
 
 
 def train_on_device(
-    base: str, data: str, job_dir: str, epochs: int, imgsz: int, batch: int, keypoint_trick: bool, gpu_seconds: int
+    base: str,
+    data: str,
+    job_dir: str,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    keypoint_trick: bool,
+    branch: str,
+    gpu_seconds: int,
 ):
     """The part of training that needs the accelerator; on ZeroGPU it runs inside one spaces.GPU call."""
     model = comparer(base).base
     yield from headkit.Job(job_dir).train(
-        model, data, epochs=epochs, imgsz=imgsz, batch=batch, keypoint_trick=keypoint_trick, **TRAIN_OPTIONS
+        model,
+        data,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        keypoint_trick=keypoint_trick,
+        branch=branch,
+        **TRAIN_OPTIONS,
     )
 
 
@@ -282,18 +343,29 @@ def train_head(
     imgsz: int,
     batch: int,
     keypoint_trick: bool,
-    request: gr.Request,
+    branch: str = "head",
+    request: gr.Request = None,
     progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress tracker by this default)
 ):
-    work, model = job(request), comparer(base).base
+    work, model = roomy_job(request), comparer(base).base
+    LIMITS.check("max_imgsz", int(imgsz), "training image size (pixels)")
     summary = headkit.load_dataset(
         upload(archive, ".zip", "a dataset zip"), work_dir=work.file("datasets"), base_names=model.names.values()
     )
     expected = estimate(model, summary.splits["train"].images, summary.splits["val"].images, epochs, imgsz)
+    LIMITS.check("max_train_s", round(expected.seconds), f"estimated training time ({expected.describe()}) in seconds")
     seconds = headkit.zero_gpu_duration(expected, SETTINGS.zero_gpu_max_s) if SETTINGS.zero_gpu else 0
     history: list[dict] = []
     run = train_on_device(
-        base, str(summary.yaml_path), str(work.path), int(epochs), int(imgsz), int(batch), bool(keypoint_trick), seconds
+        base,
+        str(summary.yaml_path),
+        str(work.path),
+        int(epochs),
+        int(imgsz),
+        int(batch),
+        bool(keypoint_trick),
+        branch if branch in headkit.BRANCH_CHOICES else "head",
+        seconds,
     )
     try:
         for event in run:
@@ -315,12 +387,12 @@ def trained(base: str, result: headkit.TrainResult, name: str, request: gr.Reque
     """Save the new head into the session and show it everywhere at once."""
     path = job(request).save_head(result.head, name)
     table = pd.DataFrame([{"class": k, **v} for k, v in result.metrics.items()], columns=METRIC_COLUMNS)
-    plots = [(str(p), p.stem) for p in result.plots()]
+    plots = [(served(p), p.stem) for p in result.plots()]
     report = result.to_dict() | {"names": _str_keys(result.head.names), "head": f"session/{path.stem}"}
     report.pop("run_dir")
     status = f"✅ Trained `session/{path.stem}` in {result.seconds:.0f} s; it is now selectable in Compare."
     _, _, *pickers = head_outputs(base, request)
-    return status, pd.DataFrame(history), str(path), table, report, plots, *pickers
+    return status, pd.DataFrame(history), served(path), table, report, plots, *pickers
 
 
 @user_errors
@@ -332,27 +404,39 @@ def stop_training(request: gr.Request):
 @user_errors
 def convert_to_keypoints(archive: str | None, request: gr.Request):
     source = upload(archive, ".zip", "a dataset zip")
-    work = job(request).folder("keypoints")
+    work = roomy_job(request).folder("keypoints")
     dataset = headkit.load_dataset(source, work_dir=work / "detect")
     converted = headkit.convert_to_keypoints(dataset.root, work / f"{source.stem}-keypoints")
     result = job(request).archive(converted.root, converted.root.name)
-    return str(result), {"splits": converted.splits, "kpt_shape": [1, 3], "file": result.name}
+    return served(result), {"splits": converted.splits, "kpt_shape": [1, 3], "file": result.name}
 
 
 @user_errors
-def merge(base: str, heads: list[str], keep_base_head: bool, onnx: bool, imgsz: int, request: gr.Request):
+def merge(
+    base: str,
+    heads: list[str],
+    keep_base_head: bool,
+    onnx: bool,
+    imgsz: int,
+    torchscript: bool = False,
+    request: gr.Request = None,
+):
     if not heads:
         raise gr.Error("choose at least one head to merge")
     exported = headkit.export_merged(
         comparer(base).base,
         heads_for(heads, request),
-        job(request).folder("merged"),
+        roomy_job(request).folder("merged"),
         keep_base_head=keep_base_head,
-        onnx=onnx,
+        formats=("pt", *(["torchscript"] if torchscript else []), *(["onnx"] if onnx else [])),
         imgsz=int(imgsz),
     )
-    info = {"files": [f.name for f in exported.files], "names": _str_keys(exported.names)}
-    return [str(f) for f in exported.files], info
+    info = {
+        "files": [f.name for f in exported.files],
+        "names": _str_keys(exported.names),
+        "needs_headkit": [f.name for f in exported.needs_headkit],
+    }
+    return [served(f) for f in exported.files], info
 
 
 @user_errors
@@ -370,7 +454,12 @@ def push_head(
     chosen = heads_for([head], request)
     picture = comparer(base).compare(example or EXAMPLES[0], chosen, labels=[head]).images["merged"]
     token = (token or "").strip() or (oauth_token.token if oauth_token else None)
-    url = headkit.push_head(chosen[0], repo_id, token=token, example_image=picture)
+    if not token:  # the server's own HF_TOKEN is never lent to a visitor
+        raise gr.Error(
+            "pushing needs your own Hub token: sign in with Hugging Face, or paste a token with write access "
+            "(huggingface.co/settings/tokens); this server's token is never used for visitors"
+        )
+    url = headkit.push_head(chosen[0], repo_id, token=token, example_image=picture, use_env_token=False)
     return f"✅ Pushed to [{repo_id}]({url})", {"repo_id": repo_id, "commit_url": url}
 
 
@@ -404,7 +493,7 @@ def build_demo() -> gr.Blocks:
                     )
                     conf = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Confidence")
                     iou = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="IoU (NMS)")
-                    imgsz = gr.Slider(160, 1280, value=640, step=32, label="Image size")
+                    imgsz = gr.Slider(160, LIMITS.max_imgsz, value=640, step=32, label="Image size")
                     run_compare = gr.Button("Compare", variant="primary")
                     heads_md = gr.Markdown()
                     with gr.Accordion("Add a head", open=False):
@@ -435,8 +524,17 @@ def build_demo() -> gr.Blocks:
                 dataset_json = gr.JSON()
             with gr.Row():
                 epochs = gr.Slider(1, 300, value=30, step=1, label="Epochs", elem_id="epochs")
-                train_size = gr.Slider(160, 1280, value=640, step=32, label="Image size", elem_id="train-size")
+                train_size = gr.Slider(
+                    160, LIMITS.max_imgsz, value=640, step=32, label="Image size", elem_id="train-size"
+                )
                 batch = gr.Slider(1, 64, value=16, step=1, label="Batch", elem_id="batch")
+                branch = gr.Radio(
+                    [("Head only", "head"), ("Neck branch", "neck")],
+                    value="head",
+                    label="What the new head owns",
+                    info=BRANCH_HELP,
+                    elem_id="branch",
+                )
                 keypoint_trick = gr.Checkbox(
                     label="Keypoint trick (small objects)", info="train on box centres as keypoints, keep the box head"
                 )
@@ -467,8 +565,14 @@ def build_demo() -> gr.Blocks:
                     gr.Markdown("### Merge\nOne model: base classes first, then each head's, in the order chosen.")
                     merge_heads = gr.Dropdown(SHIPPED_HEADS, multiselect=True, allow_custom_value=True, label="Heads")
                     keep = gr.Checkbox(value=True, label="Keep the base head")
-                    onnx = gr.Checkbox(value=False, label="Also export ONNX")
-                    export_size = gr.Slider(160, 1280, value=640, step=32, label="ONNX image size")
+                    torchscript = gr.Checkbox(
+                        value=False, label="Also export TorchScript (runs with plain Ultralytics)"
+                    )
+                    onnx = gr.Checkbox(value=False, label="Also export ONNX (runs with plain Ultralytics)")
+                    export_size = gr.Slider(
+                        160, LIMITS.max_imgsz, value=640, step=32, label="TorchScript / ONNX image size"
+                    )
+                    gr.Markdown(MERGE_HELP)
                     merge_btn = gr.Button("Merge", variant="primary")
                     merged_files = gr.File(label="Merged model", file_count="multiple")
                     merged_json = gr.JSON(label="Classes")
@@ -523,7 +627,7 @@ def build_demo() -> gr.Blocks:
         )
         train.click(
             train_head,
-            [base, dataset, epochs, train_size, batch, keypoint_trick],
+            [base, dataset, epochs, train_size, batch, keypoint_trick, branch],
             [status, curve, head_out, metrics_table, train_json, plots, *pickers],
             api_name="train_head",
             concurrency_id="gpu",
@@ -534,7 +638,7 @@ def build_demo() -> gr.Blocks:
         convert.click(convert_to_keypoints, [kp_in], [kp_out, kp_json], api_name="convert_to_keypoints")
         merge_btn.click(
             merge,
-            [base, merge_heads, keep, onnx, export_size],
+            [base, merge_heads, keep, onnx, export_size, torchscript],
             [merged_files, merged_json],
             api_name="merge",
             concurrency_id="inference",
@@ -550,6 +654,4 @@ if __name__ == "__main__":
     CLI.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     threading.Thread(target=load_model, args=(BASE,), daemon=True).start()  # warm the cache; the UI starts at once
-    demo.queue(default_concurrency_limit=4).launch(
-        allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD, show_error=True
-    )
+    demo.queue(default_concurrency_limit=4).launch(max_file_size=MAX_UPLOAD, show_error=True)

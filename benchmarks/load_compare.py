@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(base: Path, work: Path, port: int) -> subprocess.Popen:
+def start_server(base: Path, work: Path, port: int, *, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """`python app.py` on loopback, offline, its folders and log (server.log) under `work`; `env` adds or overrides."""
     env = {
         **os.environ,
         "HEADKIT_BASE": str(base),
@@ -51,6 +53,7 @@ def start_server(base: Path, work: Path, port: int) -> subprocess.Popen:
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "YOLO_OFFLINE": "1",
+        **(env or {}),
     }
     log = (work / "server.log").open("w")
     return subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

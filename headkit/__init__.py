@@ -11,6 +11,8 @@ from .headfile import Head, extract_head, load_head
 from .hub import push_head, render_model_card
 from .jobs import Job, JobRoot
 from .keypoints import ConversionSummary, convert_to_keypoints
+from .kinds import BRANCH_CHOICES, HeadKind
+from .limits import LimitExceeded, Limits
 from .merge import ConcatHead, merge
 from .model import load_model
 from .settings import Settings
@@ -21,6 +23,7 @@ from .trunk import fingerprint
 __version__ = "0.1.0"
 
 __all__ = [
+    "BRANCH_CHOICES",
     "Comparer",
     "Comparison",
     "ConcatHead",
@@ -30,8 +33,11 @@ __all__ = [
     "ExportedModel",
     "Head",
     "HeadEntry",
+    "HeadKind",
     "Job",
     "JobRoot",
+    "LimitExceeded",
+    "Limits",
     "Settings",
     "TrainProgress",
     "TrainResult",

@@ -24,6 +24,8 @@ def _train(args: argparse.Namespace) -> None:
         project=args.project,
         name=args.name,
         init_head=init,
+        branch=args.branch,
+        keypoint_trick=args.keypoint_trick,
     )
     result.head.metadata["label"] = args.label or Path(args.out).stem
     result.head.save(args.out)
@@ -51,6 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--project", default="runs/headkit")
     train.add_argument("--name", default="head")
     train.add_argument("--init", default=None, help="start from this head (.safetensors) instead of the base head")
+    train.add_argument(
+        "--branch",
+        default="head",
+        type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
+        help="'head' (Detect only, default), 'neck' (own copy of the neck too) or the first layer the head owns",
+    )
+    train.add_argument(
+        "--keypoint-trick", action="store_true", help="train as a one-keypoint pose head (small objects)"
+    )
     train.set_defaults(run=_train)
     join = sub.add_parser("merge", help="merge heads into a base and save the merged .pt")
     join.add_argument("--base", required=True)

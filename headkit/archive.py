@@ -1,4 +1,4 @@
-"""Safe zip extraction: nothing lands outside the target folder, links are skipped, bombs are stopped early."""
+"""Safe zip extraction: nothing lands outside the target folder, links and unwanted files are skipped, bombs stop early."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_JUNK = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 
 
 class ArchiveError(ValueError):
@@ -37,14 +39,30 @@ class ZipLimits:
     ratio_floor_bytes: int = 1 << 20
 
 
-def extract_zip(archive: str | Path, dest: str | Path, *, limits: ZipLimits = ZipLimits()) -> list[str]:
+def extract_zip(
+    archive: str | Path,
+    dest: str | Path,
+    *,
+    limits: ZipLimits = ZipLimits(),  # noqa: B008 (frozen dataclass, immutable)
+    keep: Callable[[PurePosixPath], bool] | None = None,
+    kept: str = "",
+) -> list[str]:
     """Extract `archive` into `dest` (created), refusing anything unsafe.
 
     Declared sizes are checked before anything is written, and actual bytes again while streaming, so a zip whose
     headers lie is stopped as well. On refusal `dest` is removed, so no partial extraction is left behind.
 
+    Args:
+        archive: The zip.
+        dest: Folder to extract into.
+        limits: Bounds on entries and bytes; all entries count, skipped ones included.
+        keep: Which files (relative paths inside the zip) to write; the rest are never written and are listed in
+            one warning, except the junk zip tools add (hidden files, `__MACOSX/`), which is skipped silently.
+            None keeps every file.
+        kept: What `keep` accepts, in words, for that warning.
+
     Returns:
-        Warnings, e.g. for skipped symlinks.
+        Warnings, e.g. for skipped symlinks and skipped files.
 
     Raises:
         ArchiveError: The zip is unreadable, unsafe or over `limits`.
@@ -52,7 +70,7 @@ def extract_zip(archive: str | Path, dest: str | Path, *, limits: ZipLimits = Zi
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        return _extract(archive, dest.resolve(), limits)
+        return _extract(archive, dest.resolve(), limits, keep, kept)
     except ArchiveError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -64,11 +82,13 @@ def extract_zip(archive: str | Path, dest: str | Path, *, limits: ZipLimits = Zi
         ) from e
 
 
-def _extract(archive: Path, dest: Path, limits: ZipLimits) -> list[str]:
+def _extract(
+    archive: Path, dest: Path, limits: ZipLimits, keep: Callable[[PurePosixPath], bool] | None, kept: str
+) -> list[str]:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         _check_declared(archive.name, infos, limits)
-        warnings, total = [], 0
+        warnings, skipped, total = [], [], 0
         for info in infos:
             name = _safe_name(archive.name, info.filename)
             if name is None:
@@ -83,11 +103,28 @@ def _extract(archive: Path, dest: Path, limits: ZipLimits) -> list[str]:
             if not target.resolve().is_relative_to(dest):
                 raise ArchiveError(f"{archive.name}: entry '{info.filename}' resolves outside the extraction folder")
             if info.is_dir() or kind == stat.S_IFDIR:
-                target.mkdir(parents=True, exist_ok=True)
+                if keep is None:
+                    target.mkdir(parents=True, exist_ok=True)
+                continue  # with `keep`, only the folders of kept files exist
+            if keep is not None and not keep(name):
+                if not _is_junk(name):
+                    skipped.append(name.as_posix())
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             total = _stream(zf, info, target, total, archive.name, limits)
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.append(
+            f"{archive.name}: skipped {len(skipped)} file(s) that are not part of a dataset, never extracted: "
+            f"{', '.join(skipped[:5])}{more}; only {kept or 'the files asked for'} are extracted"
+        )
+        logger.warning(warnings[-1])
     return warnings
+
+
+def _is_junk(name: PurePosixPath) -> bool:
+    """Hidden files and the metadata zip tools add (macOS `__MACOSX/`, `.DS_Store`, Windows `Thumbs.db`)."""
+    return any(part.startswith(".") or part in _JUNK for part in name.parts)
 
 
 def _check_declared(archive: str, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:

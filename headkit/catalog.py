@@ -1,7 +1,9 @@
 """Which heads a base can use: shipped in weights/, made in this session, or pulled from the Hub, named by keys.
 
 A key is a shipped head's name (`license_plate`), `session/<name>` for the caller's own heads, or
-`hf://owner/repo/file.safetensors[@rev]`. Keys are never file paths, so nobody reaches a file by naming it.
+`hf://owner/repo/file.safetensors[@rev]`. Keys are never file paths, so nobody reaches a file by naming it. Keys are
+what an app's visitors type: `hf://` keys are fetched anonymously (never with the server's HF_TOKEN) and capped at
+`max_head_mb` before download. A local user loading their own private head calls `headkit.load_head` instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 from .headfile import Head, load_head
 from .jobs import Job, safe_name
+from .limits import Limits
 from .merge import check_head_fits
+from .settings import current_limits
 from .sources import HF_SCHEME, PICKLE_SUFFIXES, parse_hub_url, resolve
 from .trunk import fingerprint
 
@@ -32,6 +36,8 @@ class HeadEntry:
     reason: str | None = None
     metrics: dict[str, Any] | None = None
     base_source: str | None = None
+    kind: str = "head only"
+    fingerprint_verified: bool = True  # False for a legacy .pth import, stamped with the base it was loaded on
 
     @property
     def available(self) -> bool:
@@ -50,6 +56,8 @@ class HeadEntry:
             "available": self.available,
             "reason": self.reason,
             "metrics": (self.metrics or {}).get("all"),
+            "kind": self.kind,
+            "fingerprint": "verified" if self.fingerprint_verified else "assumed (legacy .pth import)",
         }
 
 
@@ -68,22 +76,31 @@ def refuse_pickle(name: str) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _read(path: str, size: int, mtime_ns: int) -> Head:
+def _read(path: str, size: int, mtime_ns: int, limits: Limits | None) -> Head:
     """Heads are read once per file version; a head replaced in place (new size or mtime) is read again."""
-    return load_head(path)
+    return load_head(path, limits=limits)
 
 
-def _load_file(path: Path) -> Head:
+def _load_file(path: Path, limits: Limits | None = None) -> Head:
     stat = path.stat()
-    return _read(str(path), stat.st_size, stat.st_mtime_ns)
+    return _read(str(path), stat.st_size, stat.st_mtime_ns, limits)
 
 
-def load_head_key(key: str, *, shipped_dir: str | Path | None = None, job: Job | None = None) -> Head:
+def load_head_key(
+    key: str, *, shipped_dir: str | Path | None = None, job: Job | None = None, limits: Limits | None = None
+) -> Head:
     """The head named by `key` (see the module docstring), read once per file version.
+
+    `hf://` keys are downloaded without credentials (HF_TOKEN is not sent: a visitor must not read what the server's
+    token can) and refused over `limits.max_head_mb` before the download, by the Hub's reported size.
+
+    Args:
+        limits: caps on the head (size, classes); default the limits in force (`HEADKIT_MAX_*`).
 
     Raises:
         ValueError: a pickle, or a key that is no head name.
-        FileNotFoundError: no such head.
+        LimitExceeded: a head over `limits`.
+        FileNotFoundError: no such head (or a Hub repository the public cannot read).
     """
     key = str(key).strip()
     refuse_pickle(key)
@@ -91,11 +108,12 @@ def load_head_key(key: str, *, shipped_dir: str | Path | None = None, job: Job |
         hub_file = parse_hub_url(key)
         if not hub_file.filename.endswith(".safetensors"):
             raise ValueError(f"{key}: heads on the Hub are .safetensors files; give hf://owner/repo/<head>.safetensors")
-        return _load_file(resolve(key))
+        limits = limits or current_limits()
+        return _load_file(resolve(key, anonymous=True, limits=limits), limits)
     if key.startswith(SESSION_PREFIX):
         if job is None:
             raise FileNotFoundError(f"'{key}': session heads exist only inside a session")
-        return _load_file(job.head_path(key[len(SESSION_PREFIX) :]))
+        return _load_file(job.head_path(key[len(SESSION_PREFIX) :]), limits)
     name = key.removesuffix(".safetensors")
     path = Path(shipped_dir or ".") / f"{name}.safetensors"
     if shipped_dir is None or safe_name(name) != name or not path.is_file():
@@ -103,11 +121,13 @@ def load_head_key(key: str, *, shipped_dir: str | Path | None = None, job: Job |
             f"unknown head '{key}'; give a shipped head's name, session/<name> for one made in this session, or "
             "hf://owner/repo/<head>.safetensors (list_heads shows what there is)"
         )
-    return _load_file(path)
+    return _load_file(path, limits)
 
 
 def add_head(source: str | Path, job: Job, *, name: str | None = None) -> str:
     """Copy a head (an uploaded .safetensors file or an `hf://` address) into the session; returns its key.
+
+    An `hf://` address is fetched as `load_head_key` does: anonymously, capped at `max_head_mb`.
 
     Raises:
         ValueError: a pickle, or not a headkit head.
@@ -149,5 +169,16 @@ def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None =
         except ValueError as e:
             reason = str(e)
         meta = head.metadata
-        entries.append(HeadEntry(key, origin, head.names, reason, meta.get("metrics"), meta.get("base_source")))
+        entries.append(
+            HeadEntry(
+                key,
+                origin,
+                head.names,
+                reason,
+                meta.get("metrics"),
+                meta.get("base_source"),
+                head.kind.describe(),
+                meta.get("base_fingerprint_verified", True) is not False,
+            )
+        )
     return entries

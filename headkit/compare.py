@@ -20,9 +20,10 @@ import torch
 from PIL import Image, ImageOps
 from ultralytics.utils.metrics import box_iou
 
-from .datasets import MAX_IMAGE_PIXELS
 from .headfile import Head
-from .merge import merge
+from .limits import LimitExceeded, Limits
+from .merge import check_output_size, merge
+from .settings import current_limits
 from .trunk import detection_model
 
 MODELS = ("base", "custom", "merged")
@@ -74,13 +75,17 @@ class Comparison:
         }
 
 
-def read_image(source: str | Path | np.ndarray | Image.Image) -> np.ndarray:
+def read_image(source: str | Path | np.ndarray | Image.Image, *, limits: Limits | None = None) -> np.ndarray:
     """An RGB uint8 (H, W, 3) array from a path, a PIL image or an array, EXIF rotation applied.
 
+    The pixel count is checked from the header, before the image is decoded.
+
     Raises:
-        ValueError: unreadable, or more than MAX_IMAGE_PIXELS pixels.
+        ValueError: unreadable; LimitExceeded: more than `limits.max_image_pixels` pixels.
     """
+    limits = limits or current_limits()
     if isinstance(source, np.ndarray):
+        limits.check("max_image_pixels", source.shape[0] * source.shape[1], "image pixels")
         array = source if source.ndim == 3 else np.stack([source] * 3, axis=-1)
         return np.ascontiguousarray(array[..., :3].astype(np.uint8))
     name = getattr(source, "name", None) or getattr(source, "filename", None) or "image"
@@ -88,9 +93,10 @@ def read_image(source: str | Path | np.ndarray | Image.Image) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = source if isinstance(source, Image.Image) else Image.open(source)
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{image.width}x{image.height} pixels, more than the {MAX_IMAGE_PIXELS} accepted")
+            limits.check("max_image_pixels", image.width * image.height, f"{Path(str(name)).name}: image pixels")
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except LimitExceeded:
+        raise
     except Exception as e:  # PIL raises many types for malformed files (OSError, SyntaxError, struct.error, ...)
         raise ValueError(f"{Path(str(name)).name}: not a usable image ({e}); give a JPEG or PNG photo") from e
 
@@ -138,8 +144,9 @@ class _Runner:
 class Comparer:
     """A base model with its custom and merged variants, built once per head selection and kept (LRU)."""
 
-    def __init__(self, base, *, cache_size: int = 4, device: str | None = None) -> None:
+    def __init__(self, base, *, cache_size: int = 4, device: str | None = None, limits: Limits | None = None) -> None:
         self.base = base
+        self.limits = limits or current_limits()
         self.device = device
         self.cache_size = cache_size
         self._base = _Runner(base)
@@ -174,12 +181,15 @@ class Comparer:
         """Predict with base, custom (trunk + `heads`) and merged on one image; `labels` name the heads' rows."""
         if not 0 <= conf <= 1 or not 0 <= iou <= 1:
             raise ValueError(f"confidence and IoU thresholds are fractions in [0, 1], got conf={conf}, iou={iou}")
-        if not 32 <= imgsz <= 4096:
-            raise ValueError(f"image size should be between 32 and 4096 pixels, got {imgsz}")
+        if imgsz < 32:
+            raise ValueError(f"image size should be at least 32 pixels, got {imgsz}")
+        self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
+        classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
+        check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
         labels = [str(v) for v in labels] if labels is not None else [h.label for h in heads]
         if len(labels) != len(heads):
             raise ValueError(f"expected one label per head, got {len(labels)} label(s) for {len(heads)} head(s)")
-        bgr = np.ascontiguousarray(read_image(image)[..., ::-1])
+        bgr = np.ascontiguousarray(read_image(image, limits=self.limits)[..., ::-1])
         settings = {"conf": conf, "iou": iou, "imgsz": imgsz, "max_det": MAX_DET, "device": self.device}
         results = {"base": self._base.predict(bgr, **settings)}
         if heads:

@@ -15,13 +15,15 @@ from PIL import Image
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
 
 from headkit.archive import ArchiveError, ZipLimits, extract_zip
-from headkit.labels import DatasetError, load_yaml, parse_label_line, read_names, read_text
+from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_label_line, read_names, read_text
 from headkit.layout import (
+    DATASET_FILES,
     LAYOUTS,
     Record,
     find_classes_txt,
     find_root,
     find_splits,
+    is_dataset_file,
     is_normalized,
     labels_dir,
     materialize,
@@ -29,6 +31,8 @@ from headkit.layout import (
     split_val,
     visible,
 )
+from headkit.limits import Limits
+from headkit.settings import current_limits
 
 __all__ = ["DatasetError", "DatasetSummary", "SplitCounts", "ZipLimits", "load_dataset", "parse_label_line"]
 
@@ -85,12 +89,18 @@ def load_dataset(
     base_names: Iterable[str] = (),
     val_fraction: float = 0.2,
     limits: ZipLimits = ZipLimits(),  # noqa: B008 (frozen dataclass, immutable)
+    resource_limits: Limits | None = None,
 ) -> DatasetSummary:
     """Validate a YOLO detection dataset (folder or .zip) and return where Ultralytics can train on it.
 
-    A folder that already has train and val splits and a data.yaml pointing at them without `path:` is used in place
-    and never written to. Anything else (zips, Roboflow layout, no val split, no data.yaml) is rebuilt in a new folder
-    under `work_dir` (a new temporary folder when None); that folder is removed again on refusal.
+    A zip is always rebuilt: only images, label .txt files, classes.txt and the root yaml are extracted, and the
+    dataset is laid out afresh in a new folder under `work_dir` (a new temporary folder when None), so nothing else
+    from the upload (a `labels/*.cache` Ultralytics would unpickle, say) ever sits beside the data it trains on.
+
+    A folder is the caller's own: one that already has train and val splits and a data.yaml pointing at them without
+    `path:` is used in place and never written to, `*.cache` files included; pass anything from a stranger as a zip.
+    Other folders (Roboflow layout, no val split, no data.yaml) are rebuilt like zips. The new folder is removed again
+    on refusal.
 
     Args:
         source: Dataset folder or .zip, in Ultralytics or Roboflow YOLO layout, possibly inside one top folder.
@@ -98,26 +108,34 @@ def load_dataset(
         base_names: The base model's class names; a new class with the same name is warned about.
         val_fraction: Share of train images moved to val when there is no val split.
         limits: Bounds for zip uploads.
+        resource_limits: `max_classes` and `max_class_name_chars`, checked as soon as data.yaml or classes.txt is
+            read, before anything per class or per image; None: `current_limits()` (defaults raised or lowered by
+            `HEADKIT_MAX_*` environment variables).
 
     Raises:
+        LimitExceeded: Too many classes (data.yaml `names:`/`nc:`, classes.txt) or a too long class name.
         DatasetError: The dataset cannot be trained on as it is; the message says where, why and how to fix it.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     source, job = Path(source), _Job(work_dir)
-    options = {"base_names": base_names, "val_fraction": val_fraction}
+    resource_limits = current_limits() if resource_limits is None else resource_limits
+    options = {"base_names": base_names, "val_fraction": val_fraction, "limits": resource_limits}
     try:
         if source.is_dir():
-            return _load(source, job, move=False, notes=[], **options)
+            return _load(source, job, from_zip=False, notes=[], **options)
         if source.is_file() and source.suffix.lower() == ".zip":
-            notes = extract_zip(source, job.path / "extracted", limits=limits)
-            return _load(job.path / "extracted", job, move=True, notes=notes, **options)
+            extracted = job.path / "extracted"
+            notes = extract_zip(source, extracted, limits=limits, keep=is_dataset_file, kept=DATASET_FILES)
+            summary = _load(extracted, job, from_zip=True, notes=notes, **options)
+            shutil.rmtree(extracted, ignore_errors=True)  # what is left: files no split uses
+            return summary
         found = "nothing" if not source.exists() else f"a {source.suffix or 'extension-less'} file"
         raise DatasetError(f"{source}: expected a dataset folder or a .zip, found {found}")
     except ArchiveError as e:
         job.discard()
         raise DatasetError(str(e)) from e
-    except DatasetError:
+    except BaseException:  # refusals (DatasetError, LimitExceeded) and anything unexpected leave nothing behind
         job.discard()
         raise
 
@@ -142,15 +160,22 @@ class _Job:
 
 
 def _load(
-    base: Path, job: _Job, *, move: bool, notes: list[str], base_names: Iterable[str], val_fraction: float
+    base: Path,
+    job: _Job,
+    *,
+    from_zip: bool,
+    notes: list[str],
+    base_names: Iterable[str],
+    val_fraction: float,
+    limits: Limits,
 ) -> DatasetSummary:
     root = find_root(base)
     dirs = find_splits(root, base)
     yaml_path = next((root / n for n in ("data.yaml", "data.yml") if (root / n).is_file()), None)
     yaml_rel = rel(yaml_path, base) if yaml_path else ""
-    data = load_yaml(yaml_path, yaml_rel) if yaml_path else {}
+    data = load_yaml(yaml_path, yaml_rel, max_bytes=names_file_bytes(limits)) if yaml_path else {}
     txt = find_classes_txt(root, dirs)
-    names = read_names(data, yaml_rel, txt, rel(txt, base) if txt else "")
+    names = read_names(data, yaml_rel, txt, rel(txt, base) if txt else "", limits=limits)
     records = {split: _scan_split(d, base, len(names), notes, split) for split, d in dirs.items()}
     records = {split: records[split] for split in ("train", "val", "test") if records.get(split)}
     if not records:
@@ -158,11 +183,12 @@ def _load(
         raise DatasetError(f"{root.name}: no images found; expected image files ({formats}) in {LAYOUTS}")
     if "train" not in records:
         raise DatasetError(f"{root.name}: the train split has no images; expected {LAYOUTS}")
-    in_place = "val" in records and is_normalized(data, yaml_path, root, {s: dirs[s] for s in records})
+    # Never in place for a zip: its folder may hold what Ultralytics loads unchecked (labels/*.cache is unpickled).
+    in_place = not from_zip and "val" in records and is_normalized(data, yaml_path, root, {s: dirs[s] for s in records})
     if "val" not in records:
         records["train"], records["val"] = split_val(records["train"], val_fraction, root.name)
     out = root if in_place else job.path / "dataset"
-    yaml_out = yaml_path if in_place else materialize(records, names, out, move=move)
+    yaml_out = yaml_path if in_place else materialize(records, names, out, move=from_zip)
     try:
         check_det_dataset(str(yaml_out), autodownload=False)
     except (SyntaxError, TypeError, KeyError, AssertionError, FileNotFoundError, ValueError) as e:

@@ -5,6 +5,7 @@ Pulling lives in sources.py (`load_head("hf://owner/repo/head.safetensors")`).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -16,6 +17,8 @@ import yaml
 from PIL import Image
 
 from .headfile import Head
+from .jobs import safe_name
+from .kinds import HeadKind
 from .settings import Settings
 from .sources import HF_SCHEME, official_hub_file, parse_hub_url
 
@@ -46,9 +49,32 @@ def _base_name(source: str | None) -> str:
     return source if base_hub_repo(source) else Path(source).name
 
 
+_MARKDOWN = re.compile(r"([\\`*\[\]<>#|])")
+
+
+def _md(text: Any) -> str:
+    """User-typed text (class names, labels, sources) as one line of literal Markdown: nothing it holds can open a
+    table cell, a link, HTML or a heading, or end the card's front matter."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _code(text: Any) -> str:
+    """User-typed text as one-line inline code that survives a table cell: a fence longer than any backtick run in it,
+    and pipes escaped (GitHub tables split on them even inside code)."""
+    line = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", line)), default=0) + 1)
+    pad = " " if line.startswith("`") or line.endswith("`") else ""
+    return f"{fence}{pad}{line}{pad}{fence}"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def _literal(text: str) -> str:
+    """A Python string literal for the card's code block (quotes, newlines and backticks cannot end it)."""
+    return json.dumps(" ".join(str(text).split())).replace("`", "\\u0060")
 
 
 def render_model_card(
@@ -70,16 +96,16 @@ def render_model_card(
     offset = len(base_names)
     classes = _table(
         ["head index", "merged index", "class"],
-        [[i, offset + i, f"`{name}`"] for i, name in sorted(head.names.items())],
+        [[i, offset + i, _code(name)] for i, name in sorted(head.names.items())],
     )
     metrics = meta.get("metrics") or {}
-    metric_rows = [[f"`{name}`", *(row.get(k, "") for k in _METRIC_COLUMNS)] for name, row in metrics.items()]
+    metric_rows = [[_code(name), *(_md(row.get(k, "")) for k in _METRIC_COLUMNS)] for name, row in metrics.items()]
     check = meta.get("trunk_check") or {}
     address = f"hf://{repo_id}/{filename}" if repo_id else f"path/to/{filename}"
     base_arg = base_source if base_hub_repo(base_source) else f"path/to/{_base_name(base_source)}"
     sections = [
         "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
-        f"# {label}: an extra detection head for {_base_name(base_source)}",
+        f"# {_md(label)}: an extra detection head for {_md(_base_name(base_source))}",
         f"A YOLO Detect head that adds {head.nc} class(es) to its base model without changing a single base weight: "
         "it was trained on the base's frozen trunk, and merging it keeps every base detection exactly as it was. "
         "Made with headkit.",
@@ -87,11 +113,11 @@ def render_model_card(
         + _table(
             ["field", "value"],
             [
-                ["source", f"`{_base_name(base_source)}`"],
-                ["trunk fingerprint (sha256)", f"`{head.base_fingerprint}`"],
+                ["source", _code(_base_name(base_source))],
+                ["trunk fingerprint (sha256)", _code(head.base_fingerprint)],
                 [
                     "base classes",
-                    f"{offset} ({', '.join(list(base_names.values())[:10])}{', ...' if offset > 10 else ''})",
+                    _md(f"{offset} ({', '.join(list(base_names.values())[:10])}{', ...' if offset > 10 else ''})"),
                 ],
             ],
         )
@@ -105,18 +131,19 @@ def render_model_card(
         sections.append(f"## Example\n\n![prediction of the merged model]({example})")
     sections += [
         "## Use\n\n```python\nimport headkit\n\n"
-        f'base = headkit.load_model("{base_arg}")\n'
-        f'head = headkit.load_head("{address}")\n'
+        f"base = headkit.load_model({_literal(base_arg)})\n"
+        f"head = headkit.load_head({_literal(address)})\n"
         "model = headkit.merge(base, head)  # base classes first, then this head's\n"
         'results = model.predict("image.jpg")\n```',
         "## Training\n\n"
         + _table(
             ["field", "value"],
             [
-                ["trained with", meta.get("trained_with", "plain")],
-                ["image size", meta.get("imgsz") or "not recorded"],
-                ["Ultralytics", meta.get("ultralytics_version") or "not recorded"],
-                ["created", meta.get("created") or "not recorded"],
+                ["trained with", _md(meta.get("trained_with", "plain"))],
+                ["owns", _md(HeadKind.of(meta).describe().split(",")[0])],
+                ["image size", _md(meta.get("imgsz") or "not recorded")],
+                ["Ultralytics", _md(meta.get("ultralytics_version") or "not recorded")],
+                ["created", _md(meta.get("created") or "not recorded")],
                 [
                     "trunk untouched",
                     f"{check.get('untouched', 'not recorded')} ({check.get('identical', '?')} of "
@@ -142,6 +169,7 @@ def push_head(
     repo_id: str,
     *,
     token: str | None = None,
+    use_env_token: bool = True,
     example_image: str | Path | np.ndarray | Image.Image | None = None,
     filename: str | None = None,
     private: bool = False,
@@ -151,8 +179,10 @@ def push_head(
     """Create the model repository if needed and upload head, card and example as one commit; returns its URL.
 
     Args:
+        token: Hub write token; without one, HF_TOKEN (when `use_env_token`).
+        use_env_token: fall back to HF_TOKEN, the caller's own token in a script. A server pushing for a visitor
+            passes False: the visitor must bring their own token, never push with the server's.
         example_image: an annotated prediction (RGB array, PIL image or file) shown in the card.
-        token: Hub write token; default HF_TOKEN.
 
     Raises:
         ValueError: a malformed repo id, or no token.
@@ -165,10 +195,13 @@ def push_head(
     repo_id = str(repo_id).strip()
     if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
         raise ValueError(f"'{repo_id}' is not a model repository id; expected owner/name, e.g. alice/plate-head")
+    token = (token or "").strip() or None
+    if not token and not use_env_token:
+        raise ValueError("pushing needs your own Hub token: sign in with Hugging Face or paste a write token")
     token = token or settings.token
     if not token:
         raise ValueError("pushing needs a Hub token with write access: sign in, or give a token (or set HF_TOKEN)")
-    filename = filename or f"{head_label(head)}.safetensors"
+    filename = safe_name(filename or f"{head_label(head)}.safetensors")
     api = HfApi(endpoint=settings.hf_endpoint, token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .headfile import Head
+from .limits import Limits
 from .train import TrainProgress, TrainResult, train_head
 
 LOGGER = logging.getLogger(__name__)
@@ -112,6 +113,27 @@ class Job:
     def touch(self) -> None:
         """Mark the job as in use, so the sweep keeps it."""
         self.path.touch(exist_ok=True)
+
+    def disk_mb(self) -> float:
+        """MiB this job's files take (links are not followed, so nothing outside the folder counts)."""
+        total = 0
+        for path in self.path.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    total += path.stat().st_size
+            except OSError:  # a file removed while counting
+                continue
+        return total / 2**20
+
+    def check_disk(self, limits: Limits) -> None:
+        """Refuse new work once this session's folder is over `max_session_mb`; its existing files stay.
+
+        Raises:
+            LimitExceeded: the folder is over the limit.
+        """
+        limits.check(
+            "max_session_mb", round(self.disk_mb(), 1), "this session's files (uploads, datasets, runs, heads) in MiB"
+        )
 
     def train(self, base, data: str | Path, **kwargs: Any) -> Iterator[TrainProgress | TrainResult]:
         """Run `train_head` in a thread, yielding its progress reports and, last, the TrainResult.

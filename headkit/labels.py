@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from headkit.limits import ENV, LimitExceeded, Limits
+
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# Line and paragraph breaks, and the bidi controls that make a table show text in another order than it is stored.
+_UNPRINTABLE = {"Cc", "Cs", "Zl", "Zp"}
+_BIDI_CONTROLS = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# libyaml: ~10x faster than pure Python on a long `names:` list, but deep nesting makes it quadratic and then crash
+# the process (segfault near 30,000 levels); `_too_deep` streams its events first and stops at `_MAX_YAML_DEPTH`.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MAX_YAML_DEPTH = 32
 
 
 class DatasetError(ValueError):
@@ -60,14 +70,35 @@ def parse_label_line(
     return int(cls), coords.astype(np.float32) if n == 5 else coords.reshape(-1, 2).astype(np.float32)
 
 
-def load_yaml(path: Path, rel: str) -> dict:
-    """A data.yaml as a mapping; YAML syntax errors name their line."""
+def names_file_bytes(limits: Limits) -> int:
+    """Largest data.yaml or classes.txt accepted, in bytes.
+
+    Room for `max_classes` names of `max_class_name_chars` characters (4 UTF-8 bytes each, plus quoting and an id),
+    and 1 MiB for everything else.
+    """
+    return limits.max_classes * (4 * limits.max_class_name_chars + 32) + (1 << 20)
+
+
+def load_yaml(path: Path, rel: str, *, max_bytes: int | None = None) -> dict:
+    """A data.yaml as a mapping; YAML syntax errors name their line; a file over `max_bytes` is not parsed.
+
+    Raises:
+        LimitExceeded: The file is over `max_bytes`.
+        DatasetError: Not YAML, not a mapping, or nested deeper than `_MAX_YAML_DEPTH`.
+    """
+    text = read_text(path, rel, max_bytes=max_bytes)
     try:
-        data = yaml.safe_load(read_text(path, rel))
+        too_deep = _too_deep(text)
+        data = None if too_deep else yaml.load(text, Loader=_LOADER)
     except (yaml.YAMLError, RecursionError, ValueError) as e:  # bad dates raise ValueError, deep nesting recursion
         mark = getattr(e, "problem_mark", None)
         where = f"{rel} line {mark.line + 1}" if mark else rel
         raise DatasetError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from e
+    if too_deep:
+        raise DatasetError(
+            f"{rel} line {too_deep}: nested more than {_MAX_YAML_DEPTH} levels deep; a data.yaml needs 2 or 3 "
+            "(names: under the top mapping); flatten it"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -75,18 +106,49 @@ def load_yaml(path: Path, rel: str) -> dict:
     return data
 
 
-def read_names(data: dict, yaml_rel: str, classes_txt: Path | None, txt_rel: str) -> dict[int, str]:
-    """Class names from data.yaml `names:` (list or mapping), else from a LabelImg-style classes.txt (one a line)."""
+def _too_deep(text: str) -> int:
+    """The line where YAML nesting passes `_MAX_YAML_DEPTH`, or 0; streams parser events, building nothing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_YAML_DEPTH:
+                return event.start_mark.line + 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return 0
+
+
+def read_names(
+    data: dict, yaml_rel: str, classes_txt: Path | None, txt_rel: str, *, limits: Limits | None = None
+) -> dict[int, str]:
+    """Class names from data.yaml `names:` (list or mapping), else from a LabelImg-style classes.txt (one a line).
+
+    The count is checked against `limits.max_classes` as soon as the file is parsed, before anything is built per
+    class, and each name against `max_class_name_chars`.
+
+    Raises:
+        LimitExceeded: Too many classes (`names:`, `nc:` or classes.txt lines) or a too long name.
+        DatasetError: Malformed names: not text, duplicated, not ids 0..n-1, or with line breaks or control characters.
+    """
+    limits = Limits() if limits is None else limits
+    nc = data.get("nc")
+    if isinstance(nc, int) and not isinstance(nc, bool):
+        limits.check("max_classes", nc, f"{yaml_rel}: `nc:`")
     if data.get("names") is not None:
         raw, source = data["names"], yaml_rel
+        if not isinstance(raw, list | dict):
+            raise DatasetError(f"{source}: `names:` must be a list or a mapping, found {type(raw).__name__}")
+        limits.check("max_classes", len(raw), f"{source}: class names")
         if isinstance(raw, list):
             raw = dict(enumerate(raw))
-        if not isinstance(raw, dict):
-            raise DatasetError(f"{source}: `names:` must be a list or a mapping, found {type(raw).__name__}")
         if "nc" in data and data["nc"] != len(raw):
             raise DatasetError(f"{source}: `nc: {data['nc']}` but {len(raw)} names; make them agree")
     elif classes_txt is not None:
-        raw, source = dict(enumerate(read_text(classes_txt, txt_rel).rstrip().splitlines())), txt_rel
+        text = read_text(classes_txt, txt_rel, max_bytes=names_file_bytes(limits)).rstrip()
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # not splitlines: it splits on \x1c too
+        limits.check("max_classes", len(lines), f"{txt_rel}: class names")
+        raw, source = dict(enumerate(lines)), txt_rel
     else:
         raise DatasetError(
             f"{yaml_rel or 'dataset'}: no class names; expected data.yaml with `names:` or classes.txt (one name a line)"
@@ -97,7 +159,7 @@ def read_names(data: dict, yaml_rel: str, classes_txt: Path | None, txt_rel: str
             raise DatasetError(f"{source}: class id {key!r} is not an integer; expected ids 0..{len(raw) - 1}")
         if not isinstance(value, str | int | float) or not str(value).strip():
             raise DatasetError(f"{source}: class {key} has no usable name (found {value!r}); give it a text name")
-        names[int(key)] = str(value).strip()
+        names[int(key)] = _check_name(str(value).strip(), key, source, limits)
     if not names:
         raise DatasetError(f"{source}: no class names; list at least one class")
     if sorted(names) != list(range(len(names))):
@@ -113,9 +175,35 @@ def read_names(data: dict, yaml_rel: str, classes_txt: Path | None, txt_rel: str
     return dict(sorted(names.items()))
 
 
-def read_text(path: Path, rel: str) -> str:
-    """UTF-8 text (a BOM is accepted); UTF-16 and binary files are refused, naming the line of the first bad byte."""
+def _check_name(name: str, key: int | str, source: str, limits: Limits) -> str:
+    """`name` if it fits one table cell: not too long, no line breaks, control or bidi characters."""
+    shown = repr(name[:40] + ("…" if len(name) > 40 else ""))
+    limits.check("max_class_name_chars", len(name), f"{source}: characters in the name of class {key} ({shown})")
+    bad = next((c for c in name if unicodedata.category(c) in _UNPRINTABLE or c in _BIDI_CONTROLS), None)
+    if bad is not None:
+        what = unicodedata.name(bad, "a control character")
+        raise DatasetError(
+            f"{source}: class {key} name {shown} contains {what} (U+{ord(bad):04X}); a class name must be one line "
+            "of printable text (it ends up in tables and model cards); remove the character"
+        )
+    return name
+
+
+def read_text(path: Path, rel: str, *, max_bytes: int | None = None) -> str:
+    """UTF-8 text (a BOM is accepted); UTF-16 and binary files are refused, naming the line of the first bad byte.
+
+    Raises:
+        LimitExceeded: The file is over `max_bytes` (the class-name limits; see `names_file_bytes`); not read.
+        DatasetError: Unreadable or not UTF-8.
+    """
     try:
+        if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
+            raise LimitExceeded(
+                f"{rel}: {size:,} bytes, more than a file of max_classes names of max_class_name_chars characters "
+                f"needs ({max_bytes:,} bytes), so it is not read; use a smaller file, or raise the limits: set "
+                f"{ENV['max_classes']} / {ENV['max_class_name_chars']} on the server, or pass "
+                "headkit.Limits(max_classes=...) in Python"
+            )
         data = path.read_bytes()
     except OSError as e:
         raise DatasetError(f"{rel}: cannot be read ({e.strerror}); check the file's permissions") from e

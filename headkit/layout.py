@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import yaml
-from ultralytics.data.utils import img2label_paths
+from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 
 from headkit.labels import DatasetError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = "images/train + labels/train (Ultralytics) or train/images + train/labels (Roboflow)"
 _SKIPPED = {"__MACOSX"}
+DATASET_FILES = "images (" + ", ".join(sorted(IMG_FORMATS)) + "), .txt labels and classes.txt, and the dataset's yaml"
+"""What `is_dataset_file` accepts, in words."""
 
 
 class Record(NamedTuple):
@@ -33,6 +35,18 @@ def rel(path: Path, base: Path) -> str:
 def visible(path: Path) -> bool:
     """False for hidden files and macOS resource folders, which zips from a Mac carry along."""
     return not (path.name.startswith(".") or path.name in _SKIPPED)
+
+
+def is_dataset_file(path: PurePosixPath) -> bool:
+    """True for the files a YOLO dataset is made of: images, `.txt` (labels, classes.txt) and a yaml at its top.
+
+    Everything else in an upload (`*.cache`, `*.npy`, `*.pt`, ...) is dropped: Ultralytics unpickles a `labels/*.cache`
+    it finds beside the labels, so such a file from a stranger would run code on the server.
+    """
+    suffix = path.suffix[1:].lower()
+    if suffix in {"yaml", "yml"}:
+        return len(path.parts) <= 2  # the dataset root, or the one folder a zip wraps it in
+    return suffix == "txt" or suffix in IMG_FORMATS
 
 
 def labels_dir(images_dir: Path) -> Path:

@@ -1,4 +1,9 @@
-"""ConcatHead and merge(): the one place that joins Detect heads. Nothing in Ultralytics is patched or subclassed."""
+"""ConcatHead and merge(): the one place that joins Detect heads. Nothing in Ultralytics is patched or subclassed.
+
+A merged model is exact (each class's boxes and confidences are what its own head alone gives) under Ultralytics'
+default per-class NMS. Class-agnostic NMS would let one head's boxes suppress another's, so merged models refuse it
+through per-model callbacks (`guard_merged`), never through a global patch.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,11 @@ from torch.nn import functional as F
 from ultralytics import YOLO
 from ultralytics.nn.modules.head import Detect
 
+from .branch import Branch, architecture
 from .headfile import Head, describe_detect
+from .limits import Limits, output_mb
 from .model import clone_model, ensure_detect_base
+from .settings import current_limits
 from .trunk import detection_model, fingerprint
 
 LOGGER = logging.getLogger(__name__)
@@ -26,16 +34,28 @@ class ConcatHead(nn.Module):
     zero. NMS therefore sees each head's candidates exactly as that head alone would produce them.
     """
 
-    def __init__(self, heads: Sequence[Detect]):
+    def __init__(self, heads: Sequence[Detect | Branch], *, features: int = 3, shared: Sequence[int] = ()):
+        """
+        Args:
+            heads: Detect heads (read the base head's feature maps) and Branch heads (read shared layers' outputs).
+            features: how many of the inputs are the base head's feature maps; the rest are the outputs of the
+                `shared` layers, in that order, for the branches.
+        """
         super().__init__()
         self.heads = nn.ModuleList(heads)
+        self.features = int(features)
+        self.shared = [int(i) for i in shared]
         self.nc = sum(head.nc for head in heads)
-        self.stride = heads[0].stride.clone()
+        self.stride = _detect(heads[0]).stride.clone()
         self.end2end = False  # read by Ultralytics' predictor, validator and exporter through the model
 
     def forward(self, x: list[torch.Tensor]):
         """Training mode: each head's raw dict. Export mode: the joined tensor. Otherwise (joined, raw dicts)."""
-        outputs = [head(list(x)) for head in self.heads]
+        features, shared = list(x[: self.features]), dict(zip(self.shared, x[self.features :], strict=True))
+        outputs = [
+            head([shared[i] for i in head.inputs]) if isinstance(head, Branch) else head(list(features))
+            for head in self.heads
+        ]
         if self.training:
             return {"heads": outputs}
         export = isinstance(outputs[0], torch.Tensor)
@@ -55,9 +75,13 @@ class ConcatHead(nn.Module):
         """Move the heads' stride/anchor tensors too: Ultralytics does this only for a Detect in the last layer."""
         super()._apply(fn, recurse)
         self.stride = fn(self.stride)
-        for head in self.heads:
+        for head in map(_detect, self.heads):
             head.stride, head.anchors, head.strides = fn(head.stride), fn(head.anchors), fn(head.strides)
         return self
+
+
+def _detect(head: Detect | Branch) -> Detect:
+    return head.detect if isinstance(head, Branch) else head
 
 
 def _unique_names(groups: Sequence[dict[int, str]]) -> dict[int, str]:
@@ -86,7 +110,10 @@ def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) ->
             f"but this base provides {layout['channels']} (reg_max {layout['reg_max']}); it was made for another "
             "model size or family — load the base it was trained on, or train the head on this base"
         )
-    ours = base_fingerprint or fingerprint(base)
+    start = head.kind.branch_start
+    if start is not None:
+        check_branch_fits(head, base)
+    ours = fingerprint(base, upto=start) if start is not None else base_fingerprint or fingerprint(base)
     if head.base_fingerprint != ours:
         raise ValueError(
             f"head '{label}' was trained on base sha256 {head.base_fingerprint[:12]}…, but this base is "
@@ -95,18 +122,142 @@ def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) ->
         )
 
 
-def merge(base: YOLO, *heads: Head, keep_base_head: bool = True) -> YOLO:
+def check_branch_fits(head: Head, base) -> None:
+    """Refuse a branch head whose layers were built for another architecture than this base's."""
+    branch = head.metadata["branch"]
+    start, layers = int(branch["start"]), len(detection_model(base).model)
+    if not 1 <= start < layers - 1:
+        raise ValueError(
+            f"head '{head.label}' owns layers from {start} on, but this base has layers 0..{layers - 1}; load the base "
+            "it was trained on"
+        )
+
+    def rows(arch: dict) -> list:  # the layer graph; widths are the fingerprint's business (shared layers' shapes)
+        return [*arch["backbone"], *arch["head"]][:-1]
+
+    if rows(branch["architecture"]) != rows(architecture(base)):
+        raise ValueError(
+            f"head '{head.label}' has its own copy of layers {start}..{layers - 2} built for another architecture "
+            f"than this base's (its rows differ from the base's YAML); load the base it was trained on "
+            f"({head.metadata.get('base_source') or 'source not recorded'}) or train the head on this base"
+        )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_merge_size(base_classes: int, heads: Sequence[Head], *, limits: Limits) -> None:
+    """Refuse a merge over the limits from the heads' metadata alone, before any module is built.
+
+    Args:
+        base_classes: classes the merged model keeps from the base (0 when its head is dropped).
+
+    Raises:
+        LimitExceeded: too many heads, a head with too many classes, or too many classes in total.
+    """
+    limits.check("max_heads", len(heads), "extra heads in one merge")
+    for k, head in enumerate(heads):
+        limits.check("max_classes", head.nc, f"classes of head {k + 1} ('{_short(head.label)}')")
+    total = base_classes + sum(head.nc for head in heads)
+    limits.check(
+        "max_merged_classes", total, f"classes of the merged model ({base_classes} from the base + the heads')"
+    )
+
+
+def check_output_size(model_or_counts, imgsz: int, limits: Limits | None = None) -> float:
+    """Refuse a merged model whose raw output for one `imgsz` image is over `max_output_mb`; return its MiB.
+
+    Args:
+        model_or_counts: a (merged) YOLO model, or a (classes, heads) pair counted before merging, where heads
+            counts every Detect head the model runs, the base's included.
+        imgsz: model input size in pixels (longer side).
+        limits: default `headkit.settings.current_limits()`.
+
+    Raises:
+        LimitExceeded: (4 + classes) x (heads x anchors) float32 values are over `max_output_mb`.
+    """
+    if isinstance(model_or_counts, tuple | list):
+        classes, heads = (int(n) for n in model_or_counts)
+    else:
+        inner = detection_model(model_or_counts)
+        last = inner.model[-1]
+        classes, heads = len(inner.names), len(last.heads) if isinstance(last, ConcatHead) else 1
+    size = output_mb(classes, heads, int(imgsz))
+    (limits or current_limits()).check(
+        "max_output_mb",
+        round(size, 1),
+        f"raw output of the merged model ({classes} classes, {heads} heads, {imgsz} px) in MiB",
+    )
+    return size
+
+
+_AGNOSTIC_WHY = (
+    "class-agnostic NMS lets one head's boxes suppress another head's (a new head's box can remove a base "
+    "detection), so the base classes would no longer be exactly the base's"
+)
+
+
+def _refuse_agnostic_predict(predictor) -> None:
+    """on_predict_start: predict/track with agnostic_nms on a merged model would not be exact."""
+    if getattr(predictor.args, "agnostic_nms", False):
+        raise ValueError(
+            f"agnostic_nms=True is refused on a merged model: {_AGNOSTIC_WHY}; predict with agnostic_nms=False (the "
+            "default), or run the base and each head's model (merge(base, head, keep_base_head=False)) separately "
+            "and apply class-agnostic NMS to each"
+        )
+
+
+def _refuse_agnostic_val(validator) -> None:
+    """on_val_start: single_cls / agnostic_nms validation runs class-agnostic NMS across the heads."""
+    for setting in ("single_cls", "agnostic_nms"):
+        if getattr(validator.args, setting, False):
+            raise ValueError(
+                f"{setting}=True is refused on a merged model: it validates with class-agnostic NMS, and "
+                f"{_AGNOSTIC_WHY}; validate with {setting}=False (per-class NMS, the default), or validate the base "
+                "or each head's model (merge(base, head, keep_base_head=False)) on its own"
+            )
+
+
+# Export needs no guard: Ultralytics' exporter drops nms=True for a head that is not a Detect (our ConcatHead), so
+# NMS is never baked into a merged model's graph.
+_GUARDS = (("on_predict_start", _refuse_agnostic_predict), ("on_val_start", _refuse_agnostic_val))
+
+
+def guard_merged(model: YOLO) -> YOLO:
+    """Make a model whose last layer is a ConcatHead refuse class-agnostic NMS; other models pass unchanged.
+
+    The refusal lives in this model's own callbacks (`model.add_callback`), so it holds for every predict, track and
+    val call on it and touches nothing global. Call it on any merged model loaded from a `.pt` (callbacks are not
+    saved with the weights); calling it twice adds nothing.
+    """
+    if isinstance(detection_model(model).model[-1], ConcatHead):
+        for event, guard in _GUARDS:
+            if guard not in model.callbacks.get(event, []):
+                model.add_callback(event, guard)
+    return model
+
+
+def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits | None = None) -> YOLO:
     """One model = the base trunk (byte for byte), the base's own head (if kept) and each extra head side by side.
 
     Class indices: the base's names first, then each head's in the order given. With a single head in total the
-    result is a plain Detect model (no ConcatHead), e.g. the trunk + one new head.
+    result is a plain Detect model (no ConcatHead), e.g. the trunk + one new head. A model with several heads
+    refuses class-agnostic NMS (see `guard_merged`).
+
+    Args:
+        limits: caps on heads and classes, checked before anything is built; default
+            `headkit.settings.current_limits()` (the defaults, or `HEADKIT_MAX_*` variables).
 
     Raises:
         ValueError: the base cannot carry heads, or a head does not fit this base.
+        LimitExceeded: more heads or classes than `limits` allow.
     """
     ensure_detect_base(base)
     if not heads and not keep_base_head:
         raise ValueError("nothing to merge: give at least one head, or keep the base head")
+    base_classes = len(detection_model(base).names) if keep_base_head else 0
+    check_merge_size(base_classes, heads, limits=limits or current_limits())
     base_fingerprint = fingerprint(base)
     for head in heads:
         check_head_fits(head, base, base_fingerprint=base_fingerprint)
@@ -115,12 +266,29 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True) -> YOLO:
     inner = detection_model(merged)
     old = inner.model[-1]
     parameter = next(old.parameters())
-    detects = [old] if keep_base_head else []
-    detects += [head.build(device=parameter.device, dtype=parameter.dtype) for head in heads]
+    built = [
+        head.build_branch(device=parameter.device, dtype=parameter.dtype)
+        if head.kind.is_branch
+        else head.build(device=parameter.device, dtype=parameter.dtype)
+        for head in heads
+    ]
+    detects = ([old] if keep_base_head else []) + built
     names = _unique_names(([inner.names] if keep_base_head else []) + [head.names for head in heads])
 
-    new = detects[0] if len(detects) == 1 else ConcatHead(detects)
-    new.f, new.i, new.type = old.f, old.i, "Detect" if len(detects) == 1 else "headkit.merge.ConcatHead"
+    if len(detects) == 1 and isinstance(detects[0], Branch):  # the trunk + one branch head: a plain model
+        branch = detects[0]
+        for layer in branch.layers:
+            inner.model[layer.i] = layer
+        detects = [branch.detect]
+    shared = sorted({i for d in detects if isinstance(d, Branch) for i in d.inputs})
+    if len(detects) == 1:
+        new = detects[0]
+        new.f, new.type = old.f, "Detect"
+    else:
+        new = ConcatHead(detects, features=len(old.f), shared=shared)
+        new.f, new.type = [*old.f, *shared], "headkit.merge.ConcatHead"
+        inner.save = sorted(set(inner.save) | set(shared))  # keep the shared layers' outputs for the branches
+    new.i = old.i
     new.np = sum(p.numel() for p in new.parameters())
     new.inplace = getattr(old, "inplace", True)
     new.train(old.training)  # a fresh module starts in training mode; keep the base's mode
@@ -131,5 +299,6 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True) -> YOLO:
     merged.headkit_source = getattr(base, "headkit_source", None)
     merged.headkit_heads = [head.metadata for head in heads]
     merged.headkit_fingerprint = base_fingerprint
+    guard_merged(merged)
     LOGGER.info("merged %d head(s) onto %s: %d classes", len(heads), base_fingerprint[:12], len(names))
     return merged

@@ -46,7 +46,9 @@ def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
                 "saved by Ultralytics (model.save or a training run's best.pt)"
             ) from e
     model.headkit_source = text
-    return model
+    from .merge import guard_merged  # merge imports this module
+
+    return guard_merged(model)  # a merged .pt refuses class-agnostic NMS as the merged model it was saved from did
 
 
 def model_source(model) -> str | None:
@@ -80,11 +82,14 @@ def ensure_detect_base(model, *, role: str = "base") -> None:
 
 
 def clone_model(model: YOLO) -> YOLO:
-    """Deep copy of a YOLO wrapper (weights bit-exact) without its predictor, trainer or training checkpoint."""
-    saved = model.predictor, model.trainer, model.ckpt
-    model.predictor, model.trainer, model.ckpt = None, None, {}
-    try:
-        clone = copy.deepcopy(model)
-    finally:
-        model.predictor, model.trainer, model.ckpt = saved
-    return clone
+    """Deep copy of a YOLO wrapper (weights bit-exact) without its predictor, trainer or training checkpoint.
+
+    The original is never touched, not even for a moment: other threads may be predicting with it. The copy's
+    predictor, trainer and checkpoint are swapped for empty ones through deepcopy's memo.
+    """
+    memo: dict[int, object] = {}
+    for attribute, empty in (("predictor", None), ("trainer", None), ("ckpt", {})):
+        value = getattr(model, attribute, None)
+        if value is not None:
+            memo[id(value)] = empty
+    return copy.deepcopy(model, memo)

@@ -28,7 +28,7 @@ from ultralytics.nn.tasks import PoseModel
 from .headfile import Head, extract_head
 from .keypoints import KPT_SHAPE, convert_to_keypoints, pose_to_detect
 from .model import ensure_detect_base
-from .train import TrainProgress, _attach_callbacks
+from .progress import TrainingCancelled, TrainProgress, attach_callbacks, discard_checkpoints
 from .trunk import compare_trunks, detection_model
 
 LOGGER = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def pose_variant(base, *, names: dict[int, str] | None = None, seed: int = 0, pa
     copied = {k: v.detach().clone() for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
     net.load_state_dict(copied, strict=False)
     net.names = names
-    check = compare_trunks(net, base, fp16_tolerant=False)
+    check = compare_trunks(net, base)
     if not check.untouched:  # a family whose trunk rows the parser builds differently for a Pose head
         raise ValueError(f"the pose variant's trunk differs from the base's in {list(check.changed)[:5]}")
 
@@ -141,8 +141,12 @@ def train_pose_head(
     # a single-process Ultralytics trainer seeds with `seed` just before it builds a plain head's new layers;
     # seeding the variant alike starts the class layer of both kinds of head from the same values
     model = pose_variant(base, names=names, seed=int(settings.get("seed", 0)), path=work / "pose.pt")
-    _attach_callbacks(model, progress, stop)
-    model.train(**{**LOSS_GAINS, **settings, "data": str(kpt_yaml)})
+    attach_callbacks(model, progress, stop)
+    try:
+        model.train(**{**LOSS_GAINS, **settings, "data": str(kpt_yaml)})
+    except TrainingCancelled:
+        discard_checkpoints(model.trainer)
+        raise
     return model, model.trainer
 
 

@@ -7,6 +7,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import Limits
+
 DEFAULT_BASE = "yolov8n.pt"
 
 
@@ -33,6 +35,7 @@ class Settings:
         zero_gpu: running on ZeroGPU hardware (`SPACES_ZERO_GPU`): GPU work goes through `spaces.GPU` calls.
         zero_gpu_max_s: the longest single ZeroGPU call the app asks for (`HEADKIT_ZEROGPU_MAX_S`, default 120 s).
         oauth: "Sign in with Hugging Face" is configured (`OAUTH_CLIENT_ID`, set on Spaces with `hf_oauth: true`).
+        limits: resource limits (`HEADKIT_MAX_*`, see `headkit.limits.ENV`).
     """
 
     weights_dirs: tuple[Path, ...] = ()
@@ -48,6 +51,7 @@ class Settings:
     zero_gpu: bool = False
     zero_gpu_max_s: float = 120.0
     oauth: bool = False
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,7 +72,13 @@ class Settings:
             zero_gpu=_flag("SPACES_ZERO_GPU"),
             zero_gpu_max_s=float(os.environ.get("HEADKIT_ZEROGPU_MAX_S", 120)),
             oauth=bool(os.environ.get("OAUTH_CLIENT_ID")),
+            limits=Limits.from_mapping(dict(os.environ)),
         )
+
+
+def current_limits() -> Limits:
+    """The limits in force now: the defaults, raised or lowered by `HEADKIT_MAX_*` variables."""
+    return Limits.from_mapping(dict(os.environ))
 
 
 def _flag(name: str, default: str = "0") -> bool:

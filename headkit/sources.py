@@ -1,12 +1,25 @@
-"""Where weights come from: a local path, the operator's weights folder, or the Hugging Face Hub."""
+"""Where weights come from: a local path, the operator's weights folder, or the Hugging Face Hub.
+
+Two kinds of caller reach the Hub through `resolve`:
+
+- a local user or the operator (`headkit.load_model`, `headkit.load_head`): requests carry `HF_TOKEN`, their own token;
+- a visitor of the app, whose typed `hf://` head address is downloaded with `anonymous=True` (never the server's
+  token) and a size cap (`limits`), checked against the Hub's metadata before a byte of the file is fetched.
+
+Pickles (`PICKLE_SUFFIXES`) come only from trusted owners, and only from a branch or tag of theirs (or a commit one
+points at): a pull-request ref holds whatever a stranger pushed to it. Both are checked before the download.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .limits import Limits
 from .settings import Settings
 
 LOGGER = logging.getLogger(__name__)
@@ -16,7 +29,10 @@ HF_SCHEME = "hf://"
 OFFICIAL_REPOS = {"yolov8": "Ultralytics/YOLOv8", "yolo11": "Ultralytics/YOLO11"}
 # File types that are Python pickles (or may be): loading one can run code.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+# Full git refs that name a branch or a tag; every other `refs/...` (pull requests, converts) is refused for pickles.
+OWNER_REFS = ("refs/heads/", "refs/tags/")
 _HUB_PATTERN = re.compile(r"^(?P<repo>[\w.\-]+/[\w.\-]+)/(?P<file>[^@]+?)(?:@(?P<rev>[\w.\-/]+))?$")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class UntrustedSourceError(PermissionError):
@@ -58,12 +74,21 @@ def official_hub_file(name: str, *, revision: str | None = None) -> HubFile | No
     return None
 
 
-def download(hub_file: HubFile, *, settings: Settings | None = None) -> Path:
-    """Pull one file through the Hub cache (pinned revision, token and offline mode honoured).
+def _unreachable() -> tuple[type[Exception], ...]:
+    """Errors that mean the Hub cannot be asked now (down, or the client is offline): the cache may answer."""
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
-    A Hub outage falls back to the cached copy when there is one (huggingface_hub does this per revision).
-    """
-    from huggingface_hub import hf_hub_download
+    return httpx2.TransportError, OfflineModeIsEnabled
+
+
+def _why_offline(settings: Settings) -> str:
+    return "offline mode is on (HF_HUB_OFFLINE)" if settings.offline else f"{settings.hf_endpoint} cannot be reached"
+
+
+@contextmanager
+def _hub_errors(hub_file: HubFile, settings: Settings, anonymous: bool) -> Iterator[None]:
+    """Translate huggingface_hub's errors into builtins that say what to do."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -71,36 +96,154 @@ def download(hub_file: HubFile, *, settings: Settings | None = None) -> Path:
         RevisionNotFoundError,
     )
 
-    settings = settings or Settings.from_env()
     try:
-        path = hf_hub_download(
-            hub_file.repo_id,
-            hub_file.filename,
-            revision=hub_file.revision,
-            endpoint=settings.hf_endpoint,
-            token=settings.token,
-            cache_dir=settings.hub_cache,
-            local_files_only=settings.offline,
-        )
-    except RepositoryNotFoundError as e:
+        yield
+    except RepositoryNotFoundError as e:  # also a private or gated repository the caller may not read
+        fix = "only public repositories can be used here" if anonymous else "set HF_TOKEN to a token that can read it"
         raise FileNotFoundError(
             f"{hub_file}: Hub repository '{hub_file.repo_id}' not found at {settings.hf_endpoint} (or it is private: "
-            "set HF_TOKEN to a token that can read it)"
+            f"{fix})"
         ) from e
     except RevisionNotFoundError as e:
         raise FileNotFoundError(
             f"{hub_file}: revision '{hub_file.revision}' not found; check the branch or commit"
         ) from e
     except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError: test it first
-        why = "offline mode is on (HF_HUB_OFFLINE)" if settings.offline else f"{settings.hf_endpoint} cannot be reached"
         raise ConnectionError(
-            f"{hub_file}: {why} and the file is not in the local Hub cache; connect once to cache it, or put the file "
-            "in a folder named by HEADKIT_WEIGHTS_DIR, or pass a local path"
+            f"{hub_file}: {_why_offline(settings)} and the file is not in the local Hub cache; connect once to cache "
+            "it, or put the file in a folder named by HEADKIT_WEIGHTS_DIR, or pass a local path"
         ) from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{hub_file}: no file '{hub_file.filename}' in '{hub_file.repo_id}'") from e
+
+
+def _check_on_hub(hub_file: HubFile, settings: Settings, token: str | bool | None, limits: Limits | None) -> None:
+    """Ask the Hub for the file (a HEAD, with `token`) before downloading it: readable, and not over `limits`.
+
+    An error reply (no such repo, private, no such file) is raised here: huggingface_hub would fall back to a cached
+    copy, which may have been fetched with other credentials. Unreachable: the cache answers, checked on disk after.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(hub_file.repo_id, hub_file.filename, revision=hub_file.revision, endpoint=settings.hf_endpoint)
+    try:
+        size = get_hf_file_metadata(url, token=token, endpoint=settings.hf_endpoint).size
+    except _unreachable() as e:
+        LOGGER.warning("%s: not checked on the Hub before download (%s); checking the cached copy", hub_file, e)
+        return
+    if limits is None:
+        return
+    if size is None:
+        raise ValueError(
+            f"{hub_file}: the Hub did not report the file's size, so it cannot be checked against max_head_mb "
+            "before downloading; download the file yourself and upload it"
+        )
+    limits.check("max_head_mb", size / 2**20, f"{hub_file}: size on the Hub in MiB")
+
+
+def download(
+    hub_file: HubFile, *, settings: Settings | None = None, anonymous: bool = False, limits: Limits | None = None
+) -> Path:
+    """Pull one file through the Hub cache (pinned revision, token and offline mode honoured).
+
+    A Hub outage falls back to the cached copy when there is one (huggingface_hub does this per revision).
+
+    Args:
+        anonymous: send no credentials (`token=False`: not even HF_TOKEN), for an address someone else typed; a
+            repository the public cannot read is refused even when a copy is cached.
+        limits: refuse a file over `limits.max_head_mb`: by the Hub's metadata before downloading (online) and by
+            its size on disk after (always); None: no cap.
+
+    Raises:
+        FileNotFoundError: no such repository (or not readable), revision or file.
+        ConnectionError: offline or unreachable, and not cached.
+        LimitExceeded: over `limits.max_head_mb`.
+    """
+    from huggingface_hub import hf_hub_download
+
+    settings = settings or Settings.from_env()
+    token = False if anonymous else settings.token
+    with _hub_errors(hub_file, settings, anonymous):
+        if (anonymous or limits is not None) and not settings.offline:
+            _check_on_hub(hub_file, settings, token, limits)
+        path = hf_hub_download(
+            hub_file.repo_id,
+            hub_file.filename,
+            revision=hub_file.revision,
+            endpoint=settings.hf_endpoint,
+            token=token,
+            cache_dir=settings.hub_cache,
+            local_files_only=settings.offline,
+        )
+    if limits is not None:
+        limits.check("max_head_mb", Path(path).stat().st_size / 2**20, f"{hub_file}: file size in MiB")
     LOGGER.info("pulled %s -> %s", hub_file, path)
     return Path(path)
+
+
+def check_trusted(hub_file: HubFile, *, settings: Settings | None = None, anonymous: bool = False) -> None:
+    """Refuse a pickle unless a trusted owner published it on a branch or tag; asks the Hub for refs only if needed.
+
+    No revision (main), or a branch/tag name or commit that one of the repository's branches or tags points at:
+    accepted. `refs/pr/*` and other non-branch refs: refused by name, before any request. Offline or unreachable:
+    a name is taken from the cache, a commit sha is refused (it cannot be verified).
+
+    Raises:
+        UntrustedSourceError: not a trusted owner, or not a branch or tag of theirs.
+    """
+    settings = settings or Settings.from_env()
+    suffix = Path(hub_file.filename).suffix.lower()
+    if suffix not in PICKLE_SUFFIXES:
+        return
+    if hub_file.owner.lower() not in settings.trusted_owners:
+        raise UntrustedSourceError(
+            f"{hub_file}: refusing to download a pickle ({suffix}) from '{hub_file.owner}' — "
+            f"loading it would run code from that account. Trusted owners: {', '.join(sorted(settings.trusted_owners))}"
+            ". Heads travel as .safetensors; an operator who trusts this owner can add it to HEADKIT_TRUSTED_OWNERS"
+        )
+    revision = hub_file.revision
+    if revision is None:
+        return
+    if revision.startswith("refs/") and not revision.startswith(OWNER_REFS):
+        raise UntrustedSourceError(
+            f"{hub_file}: refusing a pickle ({suffix}) at '{revision}' — that ref (a pull request or other non-branch "
+            f"ref) holds files anyone may have pushed, not '{hub_file.owner}'. Use a branch or tag of "
+            f"{hub_file.repo_id}, or leave the revision out for main"
+        )
+    if _points_at_branch_or_tag(hub_file, settings, anonymous):
+        return
+    raise UntrustedSourceError(
+        f"{hub_file}: refusing a pickle ({suffix}) at revision '{revision}' — it is not a branch or tag of "
+        f"{hub_file.repo_id}, nor a commit one points at (no such revision, or one '{hub_file.owner}' did not "
+        "publish, such as a pull request's commit). Use a branch or tag, or the commit a tag points at"
+    )
+
+
+def _points_at_branch_or_tag(hub_file: HubFile, settings: Settings, anonymous: bool) -> bool:
+    """Whether `hub_file.revision` names a branch or tag, or the commit one points at (Hub refs; offline: by name)."""
+    from huggingface_hub import HfApi
+
+    revision = str(hub_file.revision)
+    is_commit = bool(_COMMIT.fullmatch(revision.lower()))
+    if not settings.offline:
+        api = HfApi(endpoint=settings.hf_endpoint)
+        try:
+            with _hub_errors(hub_file, settings, anonymous):
+                refs = api.list_repo_refs(hub_file.repo_id, token=False if anonymous else settings.token)
+        except _unreachable() as e:
+            LOGGER.warning("%s: refs not checked (%s)", hub_file, e)
+        else:
+            owned = refs.branches + refs.tags
+            return revision in {r.name for r in owned} | {r.ref for r in owned} or (
+                is_commit and revision.lower() in {r.target_commit.lower() for r in owned}
+            )
+    if is_commit:
+        raise UntrustedSourceError(
+            f"{hub_file}: refusing a pickle at commit '{revision}' — {_why_offline(settings)}, so whether a branch or "
+            f"tag of {hub_file.repo_id} points at it cannot be verified offline. Use the branch or tag name, or "
+            "connect once"
+        )
+    return True  # a branch or tag name: huggingface_hub serves it from the cache only if it was fetched online
 
 
 def _in_weights_dirs(name: str, settings: Settings) -> Path | None:
@@ -111,11 +254,23 @@ def _in_weights_dirs(name: str, settings: Settings) -> Path | None:
     return None
 
 
-def resolve(source: str | Path, *, revision: str | None = None, settings: Settings | None = None) -> Path:
+def resolve(
+    source: str | Path,
+    *,
+    revision: str | None = None,
+    settings: Settings | None = None,
+    anonymous: bool = False,
+    limits: Limits | None = None,
+) -> Path:
     """Turn a source into a local file: local path, HEADKIT_WEIGHTS_DIR by file name, then the Hub.
 
-    `.pt` files are pickles: from the Hub they are taken only from trusted owners (HEADKIT_TRUSTED_OWNERS), checked
-    before anything is downloaded.
+    Pickles (`.pt`, ...) from the Hub are taken only from trusted owners (HEADKIT_TRUSTED_OWNERS), at a branch or tag
+    of theirs, checked before anything is downloaded.
+
+    Args:
+        anonymous: fetch Hub files without credentials. The default sends HF_TOKEN: right for a local user's own
+            token, wrong for an address someone else typed (a server would lend them its token).
+        limits: cap a Hub download at `limits.max_head_mb` (see `download`); None: no cap.
     """
     settings = settings or Settings.from_env()
     text = str(source).strip()
@@ -139,11 +294,5 @@ def resolve(source: str | Path, *, revision: str | None = None, settings: Settin
                 f"'{text}' is not a local file, not in HEADKIT_WEIGHTS_DIR ({folders}), and not an official name "
                 f"(known families: {', '.join(OFFICIAL_REPOS)}); pass a path or hf://owner/repo/file"
             )
-    suffix = Path(hub_file.filename).suffix.lower()
-    if suffix in PICKLE_SUFFIXES and hub_file.owner.lower() not in settings.trusted_owners:
-        raise UntrustedSourceError(
-            f"{hub_file}: refusing to download a pickle ({suffix}) from '{hub_file.owner}' — "
-            f"loading it would run code from that account. Trusted owners: {', '.join(sorted(settings.trusted_owners))}"
-            ". Heads travel as .safetensors; an operator who trusts this owner can add it to HEADKIT_TRUSTED_OWNERS"
-        )
-    return download(hub_file, settings=settings)
+    check_trusted(hub_file, settings=settings, anonymous=anonymous)
+    return download(hub_file, settings=settings, anonymous=anonymous, limits=limits)

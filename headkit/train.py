@@ -6,34 +6,21 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .headfile import Head, extract_head
+from .kinds import PLAIN, resolve_branch
 from .merge import merge
 from .model import clone_model, ensure_detect_base
+from .posehead import detect_head_from_pose, train_pose_head
+from .progress import TrainingCancelled, TrainProgress, attach_callbacks, discard_checkpoints
 from .trunk import detection_model, head_index
 
 LOGGER = logging.getLogger(__name__)
-
-
-class TrainingCancelled(RuntimeError):
-    """Raised when `stop()` asked for it; no head is produced or written."""
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One progress report: `kind` is "batch" (fraction only) or "epoch" (losses and val metrics too)."""
-
-    kind: str
-    epoch: int
-    epochs: int
-    fraction: float
-    losses: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,35 +74,6 @@ def _per_class_metrics(trainer) -> dict[str, dict[str, float]]:
     return {name: {k: round(float(v), 4) for k, v in row.items()} for name, row in table.items()}
 
 
-def _attach_callbacks(model, progress, stop) -> None:
-    state = {"batch": 0, "reported": 0}
-
-    def on_epoch_start(trainer):
-        state["batch"] = 0
-
-    def on_batch_end(trainer):
-        state["batch"] += 1
-        if stop is not None and stop():
-            raise TrainingCancelled("training stopped on request; no head was saved")
-        if progress is not None:
-            batches = max(len(trainer.train_loader), 1)
-            fraction = (trainer.epoch + state["batch"] / batches) / trainer.epochs
-            progress(TrainProgress("batch", trainer.epoch + 1, trainer.epochs, min(fraction, 1.0)))
-
-    def on_fit_epoch_end(trainer):
-        if progress is None or trainer.epoch + 1 <= state["reported"] or trainer.epoch >= trainer.epochs:
-            return  # the final validation of best.pt reports again, as an extra epoch
-        state["reported"] = trainer.epoch + 1
-        losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
-        metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
-        fraction = (trainer.epoch + 1) / trainer.epochs
-        progress(TrainProgress("epoch", trainer.epoch + 1, trainer.epochs, fraction, losses, metrics))
-
-    model.add_callback("on_train_epoch_start", on_epoch_start)
-    model.add_callback("on_train_batch_end", on_batch_end)
-    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-
-
 def train_head(
     base,
     data: str | Path,
@@ -130,13 +88,16 @@ def train_head(
     name: str = "head",
     keypoint_trick: bool = False,
     init_head: Head | None = None,
+    branch: str | int = "head",
     **overrides: Any,
 ) -> TrainResult:
-    """Train a new Detect head for the dataset's classes on the base's frozen trunk with Ultralytics' own trainer.
+    """Train a new head for the dataset's classes on the base's frozen layers with Ultralytics' own trainer.
 
-    Every layer before the head is frozen (`freeze=` the head index read from the model) and Ultralytics 8.4 keeps
-    their BatchNorm layers in eval mode. The head is taken from the trained model after checking its trunk still
-    equals the base's; merging later uses the base's own trunk.
+    `branch="head"` trains a Detect head alone on the frozen trunk; `branch="neck"` also trains the head's own copy
+    of every layer after the backbone (more accurate, costs the neck again at inference); an int is the first layer
+    the head owns. Every layer before that is frozen (`freeze=`, read from the model) and Ultralytics 8.4 keeps their
+    BatchNorm layers in eval mode. The head is taken from the trained model after checking its shared layers still
+    equal the base's bit for bit; merging later uses the base's own layers.
 
     Args:
         data: a data.yaml, a dataset folder or a .zip (validated by `load_dataset`).
@@ -146,10 +107,12 @@ def train_head(
         keypoint_trick: train a one-keypoint Pose head on box centres (box/dfl gains 0.01) and keep its Detect part
             (`headkit.posehead`); the head is marked `trained_with: keypoint-trick`.
         init_head: start from this head's weights instead of the base head's (e.g. to go on training a head at a
-            larger image size); it must fit the base.
+            larger image size); it must fit the base, and its branch decides the branch.
+        branch: "head", "neck" or a layer index (see `headkit.kinds.resolve_branch`).
         **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
     """
     ensure_detect_base(base)
+    start = init_head.kind.branch_start if init_head is not None else resolve_branch(base, branch)
     yaml_path = _data_yaml(data, base)
     device = default_device() if device == "auto" else device
     settings = {
@@ -158,7 +121,7 @@ def train_head(
         "imgsz": imgsz,
         "batch": batch,
         "device": device,
-        "freeze": head_index(base),
+        "freeze": head_index(base) if start is None else start,
         "project": str(Path(project or "runs/headkit").resolve()),
         "name": name,
         "exist_ok": True,
@@ -169,20 +132,22 @@ def train_head(
     }
     started = time.perf_counter()
     if keypoint_trick:
-        from .posehead import detect_head_from_pose, train_pose_head  # posehead imports this module
-
         model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop)
     else:
         model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
         model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
-        _attach_callbacks(model, progress, stop)
-        model.train(**settings)
+        attach_callbacks(model, progress, stop)
+        try:
+            model.train(**settings)
+        except TrainingCancelled:
+            discard_checkpoints(model.trainer)
+            raise
         trainer = model.trainer
     seconds = time.perf_counter() - started
     metrics = _per_class_metrics(trainer)
     if keypoint_trick:
-        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics)
+        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics, branch_start=start)
     else:
-        head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with="plain")
+        head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start)
     LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
     return TrainResult(head=head, metrics=metrics, run_dir=Path(trainer.save_dir), seconds=seconds)

@@ -32,9 +32,12 @@ def head_index(model) -> int:
     raise ValueError("this model has no Detect head; expected an Ultralytics detection model")
 
 
-def trunk_state(model) -> dict[str, torch.Tensor]:
-    """Parameters and BatchNorm buffers of every layer before the head, keyed `<layer>.<name>`."""
-    index = head_index(model)
+def trunk_state(model, *, upto: int | None = None) -> dict[str, torch.Tensor]:
+    """Parameters and BatchNorm buffers of every layer before `upto` (default: the head), keyed `<layer>.<name>`.
+
+    A branch head owns the layers from its branch start on, so its trunk (the shared part) ends there.
+    """
+    index = head_index(model) if upto is None else upto
     return {
         key: value
         for key, value in detection_model(model).model.state_dict().items()
@@ -42,25 +45,26 @@ def trunk_state(model) -> dict[str, torch.Tensor]:
     }
 
 
-def _is_fused(model) -> bool:
-    trunk = detection_model(model).model[: head_index(model)]
+def _is_fused(model, upto: int | None = None) -> bool:
+    trunk = detection_model(model).model[: head_index(model) if upto is None else upto]
     convs = [m for m in trunk.modules() if type(m).__name__ in {"Conv", "DWConv", "Conv2"}]
     return bool(convs) and not any(hasattr(m, "bn") for m in convs)
 
 
-def fingerprint(model) -> str:
-    """sha256 over the trunk: sorted keys, shapes and float32 bytes, so fp16/fp32 copies of one trunk agree.
+def fingerprint(model, *, upto: int | None = None) -> str:
+    """sha256 over the trunk (layers before `upto`, default the head): sorted keys, shapes and float32 bytes, so
+    fp16/fp32 copies of one trunk agree.
 
     Raises:
         ValueError: the model was fused (BatchNorm folded into convs), which changes its tensors.
     """
-    if _is_fused(model):
+    if _is_fused(model, upto):
         raise ValueError(
             "this model's BatchNorm layers were fused into its convolutions, so its trunk can no longer be "
             "fingerprinted; load the model again (headkit.load_model) and use the unfused copy"
         )
     digest = hashlib.sha256()
-    for key, value in sorted(trunk_state(model).items()):
+    for key, value in sorted(trunk_state(model, upto=upto).items()):
         tensor = value.detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{key}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.numpy().tobytes())
@@ -90,14 +94,13 @@ class TrunkComparison:
         }
 
 
-def compare_trunks(candidate, base, *, fp16_tolerant: bool = True) -> TrunkComparison:
-    """Compare two trunks tensor by tensor.
+def compare_trunks(candidate, base, *, upto: int | None = None) -> TrunkComparison:
+    """Compare two trunks tensor by tensor; anything but bit-for-bit equality counts as changed.
 
-    Args:
-        fp16_tolerant: accept differences within one fp16 rounding step (checkpoints are stored in fp16 and EMA
-            averaging of an unchanged tensor can move its last bit).
+    A frozen layer is never written by the trainer, and Ultralytics' checkpoints hold fp16 values that round-trip
+    exactly, so a trunk that really stayed frozen comes back identical; no tolerance hides a moved weight.
     """
-    mine, theirs = trunk_state(candidate), trunk_state(base)
+    mine, theirs = trunk_state(candidate, upto=upto), trunk_state(base, upto=upto)
     if mine.keys() != theirs.keys():
         missing = sorted(set(theirs) ^ set(mine))[:5]
         raise ValueError(f"the two models have different trunks (keys differ, e.g. {missing})")
@@ -110,10 +113,6 @@ def compare_trunks(candidate, base, *, fp16_tolerant: bool = True) -> TrunkCompa
         if torch.equal(a, b):
             identical += 1
             continue
-        diff = (a - b).abs()
-        worst = max(worst, float(diff.max()))
-        # one fp16 step at each value's magnitude (2**-10 relative), plus fp16's smallest subnormal
-        allowed = b.abs() * 2.0**-10 + 2.0**-24 if fp16_tolerant else torch.zeros_like(b)
-        if bool((diff > allowed).any()):
-            changed.append(key)
+        worst = max(worst, float((a - b).abs().max()))
+        changed.append(key)
     return TrunkComparison(len(theirs), identical, worst, tuple(changed))

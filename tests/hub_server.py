@@ -6,8 +6,14 @@ at it at call time: see ``tests/test_hub_server.py``.
 
 Files are answered 200 with their bytes (no redirect, no Xet headers), so the client downloads over plain HTTP.
 Preupload answers ``uploadMode: "regular"`` for every file, so commits carry their files inline (base64 NDJSON); LFS
-and Xet uploads, pull requests and branches other than ``main`` are refused (400/404). Writes need a bearer token, any
-token: the hub records it.
+and Xet uploads, pull requests and commits to branches other than ``main`` are refused (400/404). Writes need a bearer
+token, any token: the hub records it. Tags, extra branches and pull-request refs (``refs/pr/N``) are made by the test
+(``create_ref``, ``open_pr``) and served by ``/api/models/<repo>/refs`` and as download revisions. A repository made
+private (``make_private``) answers only requests carrying its owner's token, as the Hub does (401 without a token,
+404 with another).
+
+Every request is recorded with its ``Authorization`` header (``received``), so a test asserts which credentials
+reached the hub, not just that a call succeeded.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import logging
 import re
 import shutil
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -34,10 +41,19 @@ _ROUTES = [  # (method, path pattern, handler name); first full match wins
     ("POST", re.compile(rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)"), "_preupload"),
     ("POST", re.compile(rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)"), "_commit"),
     ("GET", re.compile(rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"), "_tree"),
+    ("GET", re.compile(rf"/api/models/{_REPO}/refs"), "_list_refs"),
     ("GET", re.compile(rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?"), "_model_info"),
     ("GET", re.compile(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "_resolve"),
     ("HEAD", re.compile(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "_resolve"),
 ]
+
+
+class Received(NamedTuple):
+    """One request as the hub saw it: ``authorization`` is the raw ``Authorization`` header, None when absent."""
+
+    method: str
+    path: str
+    authorization: str | None
 
 
 def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> _Reply:
@@ -65,6 +81,7 @@ class LoopbackHub:
             token, oid.
         requests: every request as ``"METHOD /path"`` (no query string), in arrival order.
         tokens: the bearer token of each request in ``requests`` (``None`` when it had none).
+        received: every request as ``Received(method, path, authorization)``, the credentials exactly as sent.
 
     Change served repos through ``add_file`` or commits, not in ``root`` directly: older revisions keep their bytes.
     """
@@ -75,6 +92,10 @@ class LoopbackHub:
         self.commits: list[dict[str, Any]] = []
         self.requests: list[str] = []
         self.tokens: list[str | None] = []
+        self.received: list[Received] = []
+        self.slow: dict[str, float] = {}  # repo_id -> seconds every request for it waits (a slow or stalled Hub)
+        self._private: dict[str, str] = {}  # repo_id -> the only token that may read or write it
+        self._refs: dict[str, dict[str, str]] = {}  # repo_id -> full ref (refs/tags/v1, refs/pr/1) -> commit sha
         self._trees: dict[str, dict[str, dict[str, str]]] = {}  # repo_id -> commit sha -> {path: sha256}
         self._blobs: dict[str, Path | bytes] = {}  # sha256 -> content (a file of root, or bytes once it changed)
         self._digests: dict[tuple[Path, int, int], str] = {}  # (file, size, mtime_ns) -> sha256
@@ -99,10 +120,38 @@ class LoopbackHub:
         with self._lock:
             self._write(repo_id, path_in_repo, Path(src))
 
-    def head_sha(self, repo_id: str) -> str:
-        """The commit sha that ``main`` of ``repo_id`` points to now."""
+    def make_private(self, repo_id: str, token: str) -> None:
+        """Let only requests bearing ``token`` (the owner's) see ``repo_id``, as for a private repository."""
         with self._lock:
-            return self._snapshot(repo_id)[0]
+            self._private[repo_id] = token
+
+    def create_ref(self, repo_id: str, ref: str, revision: str = "main") -> str:
+        """Point ``ref`` (``refs/tags/v1``, ``refs/heads/dev``, ``refs/pr/1``) at ``revision``; returns its sha."""
+        with self._lock:
+            sha = self._tree_at(repo_id, revision)[0]
+            self._refs.setdefault(repo_id, {})[ref] = sha
+            return sha
+
+    def open_pr(self, repo_id: str, path_in_repo: str, content: bytes) -> str:
+        """A stranger's pull request: ``main``'s files with ``path_in_repo`` replaced; returns ``refs/pr/<n>``.
+
+        ``main`` does not change; the PR's commit is served at its ref and its sha, as on the Hub.
+        """
+        with self._lock:
+            digest = hashlib.sha256(content).hexdigest()
+            self._blobs[digest] = content
+            tree = {**self._snapshot(repo_id)[1], path_in_repo: digest}
+            sha = hashlib.sha1(json.dumps([repo_id, tree, "pr"], sort_keys=True).encode()).hexdigest()
+            self._trees[repo_id][sha] = tree
+            refs = self._refs.setdefault(repo_id, {})
+            ref = f"refs/pr/{1 + sum(r.startswith('refs/pr/') for r in refs)}"
+            refs[ref] = sha
+            return ref
+
+    def head_sha(self, repo_id: str, revision: str = "main") -> str:
+        """The commit sha that ``revision`` (a branch, tag or ref) of ``repo_id`` points to now."""
+        with self._lock:
+            return self._tree_at(repo_id, revision)[0]
 
     def _snapshot(self, repo_id: str) -> tuple[str, dict[str, str]]:
         """Commit sha and tree of ``main`` now; the same files always give the same sha."""
@@ -144,12 +193,17 @@ class LoopbackHub:
             shutil.copyfile(content, target)
 
     def _repo(self, repo_id: str, token: str | None) -> None:
-        if not (self.root / repo_id).is_dir():  # the Hub answers 401 without a token, 404 with one
+        hidden = repo_id in self._private and token != self._private[repo_id]
+        if hidden or not (self.root / repo_id).is_dir():  # the Hub answers 401 without a token, 404 with one
             raise _HubError(404 if token else 401, "RepoNotFound", f"Repository {repo_id} not found")
 
     def _tree_at(self, repo_id: str, revision: str) -> tuple[str, dict[str, str]]:
-        if revision == "main":
+        if revision in ("main", "refs/heads/main"):
             return self._snapshot(repo_id)
+        refs = self._refs.get(repo_id, {})
+        for ref in (revision, f"refs/heads/{revision}", f"refs/tags/{revision}"):
+            if ref in refs:
+                return refs[ref], self._trees[repo_id][refs[ref]]
         if revision in self._trees.get(repo_id, {}):
             return revision, self._trees[repo_id][revision]
         raise _HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -160,18 +214,23 @@ class LoopbackHub:
 
     def _handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> _Reply:
         url = urlsplit(raw_path)
-        scheme, _, credentials = (headers.get("Authorization") or "").partition(" ")
+        authorization = headers.get("Authorization")
+        scheme, _, credentials = (authorization or "").partition(" ")
         token = credentials.strip() or None if scheme == "Bearer" else None
+        time.sleep(
+            max((s for repo, s in self.slow.items() if f"/{repo}/" in url.path), default=0.0)
+        )  # outside the lock
         with self._lock:
             self.requests.append(f"{method} {url.path}")
             self.tokens.append(token)
+            self.received.append(Received(method, url.path, authorization))
             try:
                 if "create_pr=1" in url.query:
                     raise _HubError(400, "BadRequest", "pull requests are not supported by the loopback hub")
                 for verb, pattern, name in _ROUTES:
                     if verb == method and (match := pattern.fullmatch(url.path)):
                         args = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
-                        return getattr(self, name)(token=token, body=body, **args)
+                        return getattr(self, name)(token=token, body=body, query=url.query, **args)
                 raise _HubError(404, "NotFound", f"no route for {method} {url.path}")
             except _HubError as error:
                 return error.reply
@@ -192,7 +251,22 @@ class LoopbackHub:
         self._repo(repo, token)
         sha, tree = self._tree_at(repo, rev)
         siblings = [{"rfilename": path, "size": self._size(digest)} for path, digest in tree.items()]
-        return _json({"id": repo, "modelId": repo, "sha": sha, "private": False, "siblings": siblings})
+        private = repo in self._private
+        return _json({"id": repo, "modelId": repo, "sha": sha, "private": private, "siblings": siblings})
+
+    def _list_refs(self, *, token: str | None, repo: str, query: str, **_: Any) -> _Reply:
+        """Branches (``main`` and made ones), tags, and pull requests when asked (``include_prs=1``)."""
+        self._repo(repo, token)
+        refs = {"refs/heads/main": self._snapshot(repo)[0], **self._refs.get(repo, {})}
+
+        def listed(prefix: str) -> list[dict[str, str]]:
+            found = [(ref, sha) for ref, sha in refs.items() if ref.startswith(prefix)]
+            return [{"name": ref[len(prefix) :], "ref": ref, "targetCommit": sha} for ref, sha in found]
+
+        reply = {"branches": listed("refs/heads/"), "converts": [], "tags": listed("refs/tags/")}
+        if "include_prs=1" in query:
+            reply["pullRequests"] = listed("refs/pr/")
+        return _json(reply)
 
     def _tree(self, *, token: str | None, repo: str, rev: str, path: str = "", **_: Any) -> _Reply:
         """Every file under ``path`` (always the recursive listing, one page, no folder entries)."""

@@ -157,7 +157,7 @@ def test_train_then_compare_merge_and_share_within_the_session(client, app, hub,
         ("/train_head", ("BASE", None, 1, 160, 4, False), "upload a dataset zip first"),
         ("/merge", ("BASE", [], True, False, 640), "choose at least one head"),
         ("/push_head", ("BASE", "license_plate", "not a repo id", "t", None), "not a model repository id"),
-        ("/push_head", ("BASE", "license_plate", "alice/plates", "", None), "needs a Hub token"),
+        ("/push_head", ("BASE", "license_plate", "alice/plates", "", None), "needs your own Hub token"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(

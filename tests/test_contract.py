@@ -39,3 +39,49 @@ def test_instance_layout_does_not_leak_into_the_class():
     assert not isinstance(new_detect(2, [32, 64, 128], legacy=True).cv3[0][0], torch.nn.Sequential)
     assert isinstance(new_detect(2, [32, 64, 128], legacy=False).cv3[0][0], torch.nn.Sequential)
     assert Detect.legacy == before
+
+
+def test_nms_caps_the_readme_cites():
+    """Per-image caps that can cut a merged model's rows (README "Safety"): max_det 300, max_nms 30,000."""
+    import inspect
+
+    from ultralytics.cfg import DEFAULT_CFG
+    from ultralytics.utils.nms import non_max_suppression
+
+    defaults = {k: p.default for k, p in inspect.signature(non_max_suppression).parameters.items()}
+    assert DEFAULT_CFG.max_det == 300 and defaults["max_nms"] == 30000 and defaults["max_wh"] == 7680
+    assert DEFAULT_CFG.agnostic_nms is False and DEFAULT_CFG.single_cls is False
+
+
+def test_class_agnostic_nms_settings_in_val():
+    """merge.guard_merged refuses exactly the settings that make validation class-agnostic."""
+    import inspect
+
+    from ultralytics.models.yolo.detect.val import DetectionValidator
+
+    assert "agnostic=self.args.single_cls or self.args.agnostic_nms" in inspect.getsource(
+        DetectionValidator.postprocess
+    )
+
+
+def test_instance_callbacks_reach_an_existing_predictor():
+    """model.add_callback after a first predict still runs: the predictor shares the model's callback dict."""
+    import numpy as np
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")  # random weights, built offline; only the callback plumbing matters here
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    model.predict(image, imgsz=64, verbose=False)
+    seen = []
+    model.add_callback("on_predict_start", lambda predictor: seen.append(predictor.args.agnostic_nms))
+    model.predict(image, imgsz=64, agnostic_nms=True, verbose=False)
+    assert seen == [True]
+
+
+def test_exporter_never_bakes_nms_into_a_merged_model():
+    """Why merge.guard_merged has no export guard: nms=True is dropped for a last layer that is not a Detect."""
+    import inspect
+
+    from ultralytics.engine.exporter import Exporter
+
+    assert 'getattr(model, "end2end", False) or not isinstance(head, Detect)' in inspect.getsource(Exporter.__call__)

@@ -87,9 +87,35 @@ def test_legacy_state_dict_pth_imports_safely(plate_head, base, tmp_path, bus_jp
         headkit.load_head(path)
     head = headkit.load_head(path, base=base, names={0: "license_plate"})
     assert head.names == {0: "license_plate"} and head.metadata["trained_with"] == "imported-legacy-pth"
+    assert head.metadata["base_fingerprint_verified"] is False and head.metadata["legacy_layer"] == 23
     a = headkit.merge(base, head).predict(bus_jpg, conf=0.01, verbose=False)[0].boxes
     b = headkit.merge(base, plate_head).predict(bus_jpg, conf=0.01, verbose=False)[0].boxes
     assert torch.equal(a.conf, b.conf) and torch.equal(a.cls, b.cls)
+
+
+def test_legacy_pth_of_another_layer_is_refused(plate_head, base, tmp_path):
+    path = tmp_path / "yolo11_head.pth"
+    torch.save({f"model.model.16.{k}": v for k, v in plate_head.tensors.items()}, path)
+    with pytest.raises(ValueError, match=r"holds layer\(s\) 16, but this base's Detect head is layer 22"):
+        headkit.load_head(path, base=base)
+
+
+def test_heads_build_with_their_base_activation_whatever_was_parsed_last(plate_head, base):
+    """Ultralytics' parser sets the process-wide Conv.default_act while it builds a model with `activation:` (another
+    thread may be parsing one right now); a head must not inherit that."""
+    from ultralytics.nn.modules.conv import Conv
+
+    assert plate_head.metadata.get("activation", {"type": "SiLU"}) == {"type": "SiLU"}
+    default = Conv.default_act
+    try:
+        Conv.default_act = torch.nn.ReLU()  # as during the parse of a model with `activation: nn.ReLU()`
+        built = plate_head.build()
+    finally:
+        Conv.default_act = default
+    acts = {type(m.act).__name__ for m in built.modules() if isinstance(m, Conv)}
+    assert acts == {"SiLU"}
+    ours = headkit.extract_head(base, base)
+    assert ours.metadata["activation"] == {"type": "SiLU"}
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,7 @@ results = model.predict("image.jpg")
 | field | value |
 |---|---|
 | trained with | keypoint-trick |
+| owns | head only |
 | image size | 640 |
 | Ultralytics | 8.4.190 |
 | created | 2025-01-01T00:00:00+00:00 |
@@ -135,6 +136,19 @@ def test_card_of_a_local_base_names_the_file_only(plate_head):
     assert "base_model" not in front
     assert "/srv/private" not in card and "`fall.pt`" in card and 'load_model("path/to/fall.pt")' in card
     assert "## Example" not in card
+
+
+def test_user_text_cannot_break_the_card(plate_head):
+    """Names and sources come from files strangers make: a pipe, backticks or a newline must not open a cell or a
+    block, and the front matter must stay parseable."""
+    names = {"0": "plate|x", "1": "a`b`c", "2": "---\nlicense: mit"}
+    meta = {**plate_head.metadata, "names": names, "label": "evil\n# title", "base_source": 'x")\nimport os\n("'}
+    card = headkit.render_model_card(headkit.Head(plate_head.tensors, meta), example=None)
+    assert yaml.safe_load(card.split("---")[1])["license"] == "agpl-3.0"
+    assert "| 0 | 2 | `plate\\|x` |" in card and "| 1 | 3 | ``a`b`c`` |" in card
+    assert "| 2 | 4 | `--- license: mit` |" in card
+    assert "# evil \\# title: an extra detection head" in card
+    assert 'headkit.load_model("path/to/x\\") import os (\\"")' in card
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The loopback Hub answers the real huggingface_hub client over HTTP: download, cache, offline, revisions, errors, push.
+"""The loopback Hub answers the real huggingface_hub client over HTTP: download, cache, offline, refs, errors, push.
 
 huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` into
 ``huggingface_hub.constants`` once, at import, so setting them later (``monkeypatch.setenv``) changes nothing by
@@ -144,3 +144,39 @@ def test_writes_need_a_token_and_an_existing_repo(hub: LoopbackHub):
     with pytest.raises(RepositoryNotFoundError):
         api().upload_file(path_or_fileobj=b"head", path_in_repo="head.safetensors", repo_id="someone/plates-head")
     assert hub.commits == []
+
+
+def test_refs_tags_and_pull_requests(hub: LoopbackHub, base_weights: Path):
+    main = hub.head_sha(REPO_ID)
+    assert hub.create_ref(REPO_ID, "refs/tags/v1") == main
+    pr = hub.open_pr(REPO_ID, FILENAME, b"a stranger's pickle")
+    assert pr == "refs/pr/1" and hub.head_sha(REPO_ID) == main  # a PR leaves main alone
+
+    refs = api().list_repo_refs(REPO_ID, include_pull_requests=True)
+    assert [(r.name, r.ref, r.target_commit) for r in refs.branches] == [("main", "refs/heads/main", main)]
+    assert [(r.name, r.target_commit) for r in refs.tags] == [("v1", main)]
+    (pull,) = refs.pull_requests
+    assert pull.ref == pr and pull.target_commit == hub.head_sha(REPO_ID, pr) != main
+
+    assert download(REPO_ID, FILENAME, "v1").read_bytes() == base_weights.read_bytes()
+    assert download(REPO_ID, FILENAME, pr).read_bytes() == b"a stranger's pickle"  # what the fix must never load
+    assert download(REPO_ID, FILENAME, pull.target_commit).read_bytes() == b"a stranger's pickle"
+
+
+def test_private_repo_answers_its_owner_only_and_every_credential_is_recorded(hub: LoopbackHub):
+    hub.make_private(REPO_ID, TOKEN)
+    assert download(REPO_ID, FILENAME).is_file()  # HF_TOKEN is the owner's
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.url, token=False).model_info(REPO_ID)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.url, token="hf_someone_else").list_repo_refs(REPO_ID)
+    assert api().model_info(REPO_ID).private
+
+    resolve = f"/{REPO_ID}/resolve/main/{FILENAME}"
+    assert hub.received == [
+        ("HEAD", resolve, f"Bearer {TOKEN}"),
+        ("GET", resolve, f"Bearer {TOKEN}"),
+        ("GET", f"/api/models/{REPO_ID}", None),
+        ("GET", f"/api/models/{REPO_ID}/refs", "Bearer hf_someone_else"),
+        ("GET", f"/api/models/{REPO_ID}", f"Bearer {TOKEN}"),
+    ]

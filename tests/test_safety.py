@@ -208,7 +208,7 @@ def _drop_fingerprint(meta: dict) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_drop_format, r"not a headkit head \(metadata 'format' should be 'headkit.head/1'\)"),
+        (_drop_format, r"not a headkit head \(metadata 'format' should be 'headkit.head/1' or 'headkit.head/2'\)"),
         (_other_format, "not a headkit head"),
         (_garbage_json, "metadata is not headkit's JSON"),
         (_drop_fingerprint, r"head metadata lacks \['base_fingerprint'\]"),
@@ -276,6 +276,8 @@ def test_pickle_inside_a_dataset_zip_is_never_loaded(
     work = tmp_path / "work"
     summary = load_dataset(archive, work_dir=work)
     assert summary.splits["train"].images == 8 and summary.root.is_relative_to(work)
+    assert not [p for p in work.rglob("*") if p.suffix in (".pt", ".pth")]  # never even extracted
+    assert any("skipped 5 file(s)" in w and "weights/best.pt" in w for w in summary.warnings), summary.warnings
 
 
 def test_pickle_named_as_an_image_is_refused(tiny_plates: Path, tmp_path: Path, evil_pt: Path, marker: Path):

@@ -58,15 +58,19 @@ def test_bare_name_maps_to_the_official_repo(hub):
 
 
 def test_pinned_revision_and_cache_then_offline(hub, monkeypatch):
-    sha = hub.head_sha("Ultralytics/YOLOv8")
-    headkit.load_model(f"hf://Ultralytics/YOLOv8/yolov8s-fall.pt@{sha}")
-    assert pulls(hub) == [f"GET /Ultralytics/YOLOv8/resolve/{sha}/yolov8s-fall.pt"]
+    sha = hub.create_ref("Ultralytics/YOLOv8", "refs/tags/v1")
+    headkit.load_model(f"hf://Ultralytics/YOLOv8/yolov8s-fall.pt@{sha}")  # the commit tag v1 points at
+    headkit.load_model("hf://Ultralytics/YOLOv8/yolov8s-fall.pt@v1")
+    assert pulls(hub) == [f"GET /Ultralytics/YOLOv8/resolve/{sha}/yolov8s-fall.pt"]  # v1 is that commit: cached
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = len(hub.requests)
-    again = headkit.load_model("hf://Ultralytics/YOLOv8/yolov8s-fall.pt", revision=sha)
+    again = headkit.load_model("hf://Ultralytics/YOLOv8/yolov8s-fall.pt", revision="v1")
     assert again.names == {0: "Normal", 1: "Fall"} and len(hub.requests) == before  # served from the cache
+    with pytest.raises(headkit.UntrustedSourceError, match="cannot be verified offline"):  # a pickle by bare commit
+        headkit.load_model("hf://Ultralytics/YOLOv8/yolov8s-fall.pt", revision=sha)
     with pytest.raises(ConnectionError, match="offline mode is on .* not in the local Hub cache"):
         headkit.load_head("hf://someone/plates/heads/license_plate.safetensors")
+    assert len(hub.requests) == before
 
 
 def test_outage_uses_cache_else_clear_error(hub, tmp_path, monkeypatch):
@@ -105,7 +109,8 @@ def test_trusted_owner_from_environment(hub, monkeypatch):
     [
         ("hf://Ultralytics/Nope/yolov8n.pt", FileNotFoundError, "repository 'Ultralytics/Nope' not found"),
         ("hf://Ultralytics/YOLOv8/missing.pt", FileNotFoundError, "no file 'missing.pt'"),
-        ("hf://Ultralytics/YOLOv8/yolov8s-fall.pt@" + "0" * 40, FileNotFoundError, "revision '0000"),
+        ("hf://Ultralytics/YOLOv8/yolov8s-fall.pt@" + "0" * 40, PermissionError, "'0000.* not a branch or tag"),
+        ("hf://someone/plates/heads/license_plate.safetensors@nope", FileNotFoundError, "revision 'nope' not found"),
         ("no/such/file.pt", FileNotFoundError, "no file at 'no/such/file.pt'"),
         ("mystery.pt", FileNotFoundError, "not an official name"),
     ],

@@ -91,7 +91,7 @@ def test_moved_trunk_is_refused_naming_the_tensor(base):
     weight = detection_model(moved).model[4].cv1.conv.weight
     with torch.no_grad():
         weight += 0.01
-    with pytest.raises(ValueError, match=r"frozen trunk tensors changed .*4\.cv1\.conv\.weight"):
+    with pytest.raises(ValueError, match=r"frozen trunk tensors differ from the base's .*4\.cv1\.conv\.weight"):
         headkit.extract_head(moved, base)
 
 

@@ -1,0 +1,104 @@
+"""Named resource limits: how big an input headkit accepts before it allocates anything for it.
+
+One crafted file (a head with 50,000 classes, a data.yaml listing 100,000 names) would otherwise cost gigabytes per
+request. Each limit is checked where the input enters (`load_dataset`, `load_head`, `merge`, the app), and each
+refusal names the limit and how to raise it. Operators raise them with environment variables (read in
+`settings.py`); library users pass `Limits(...)` explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+class LimitExceeded(ValueError):
+    """An input over one of the named limits; the message names the limit, the value and how to raise it."""
+
+
+# Environment variable of each limit (read by settings.Settings.from_env).
+ENV = {
+    "max_classes": "HEADKIT_MAX_CLASSES",
+    "max_merged_classes": "HEADKIT_MAX_MERGED_CLASSES",
+    "max_heads": "HEADKIT_MAX_HEADS",
+    "max_class_name_chars": "HEADKIT_MAX_CLASS_NAME_CHARS",
+    "max_image_pixels": "HEADKIT_MAX_IMAGE_PIXELS",
+    "max_imgsz": "HEADKIT_MAX_IMGSZ",
+    "max_output_mb": "HEADKIT_MAX_OUTPUT_MB",
+    "max_session_mb": "HEADKIT_MAX_SESSION_MB",
+    "max_train_s": "HEADKIT_MAX_TRAIN_S",
+    "max_head_mb": "HEADKIT_MAX_HEAD_MB",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on what one input may cost (defaults: see the README's "Limits" table for the arithmetic).
+
+    Attributes:
+        max_classes: classes of one dataset or one head (LVIS's 1,203 fit).
+        max_merged_classes: classes of one merged model, base and every head together.
+        max_heads: extra heads stacked in one merge.
+        max_class_name_chars: characters of one class name.
+        max_image_pixels: width x height of one image to compare (a 50 MP photo fits).
+        max_imgsz: the model input size (pixels of the longer side) for compare and training.
+        max_output_mb: raw output of one merged model for one image at the chosen size, (4 + classes) x
+            (heads x anchors) float32 values; the padded score rows of many heads times many classes grow fast.
+        max_session_mb: disk one app session's job folder may take (uploads, datasets, runs, heads).
+        max_train_s: the longest training job the app starts, by its time estimate.
+        max_head_mb: size of one head file downloaded from the Hub or uploaded.
+    """
+
+    max_classes: int = 1500
+    max_merged_classes: int = 2000
+    max_heads: int = 8
+    max_class_name_chars: int = 100
+    max_image_pixels: int = 50_000_000
+    max_imgsz: int = 1280
+    max_output_mb: float = 512.0
+    max_session_mb: float = 4096.0
+    max_train_s: float = 4 * 3600.0
+    max_head_mb: float = 200.0
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, str]) -> Limits:
+        """Limits from environment-style strings (`ENV` names); unset ones keep their defaults."""
+        parsed = {}
+        for f in fields(cls):
+            raw = (values.get(ENV[f.name]) or "").strip()
+            if not raw:
+                continue
+            try:
+                number = float(raw)
+            except ValueError as e:
+                raise ValueError(f"{ENV[f.name]}={raw!r} is not a number; set it to a positive number") from e
+            if number <= 0:
+                raise ValueError(f"{ENV[f.name]}={raw!r} must be positive")
+            parsed[f.name] = int(number) if f.type in ("int", int) else number
+        return cls(**parsed)
+
+    def check(self, name: str, value: float, what: str) -> None:
+        """Refuse `value` above the limit `name`, naming what was too large and how to raise the limit.
+
+        Raises:
+            LimitExceeded: value > limit.
+        """
+        limit = getattr(self, name)
+        if value > limit:
+            raise LimitExceeded(
+                f"{what}: {_number(value)} is over the limit of {_number(limit)} ({name}); use a smaller input, or "
+                f"raise the limit: set {ENV[name]} on the server, or pass headkit.Limits({name}=...) in Python"
+            )
+
+
+def anchors(imgsz: int, strides: tuple[int, ...] = (8, 16, 32)) -> int:
+    """Anchor points of a square `imgsz` input: 8,400 at 640 px for strides 8/16/32."""
+    return sum((-(-imgsz // s)) ** 2 for s in strides)
+
+
+def output_mb(classes: int, heads: int, imgsz: int) -> float:
+    """Size of a merged model's raw output for one image: (4 + classes) x (heads x anchors) float32, in MiB."""
+    return (4 + classes) * heads * anchors(imgsz) * 4 / 2**20
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() or value >= 100 else f"{value:,.1f}"

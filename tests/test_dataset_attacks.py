@@ -1,0 +1,240 @@
+"""Hostile dataset uploads, done the way the attacks work: a label cache that runs code, a yaml of 100,000 classes."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import copy_tiny_plates
+from ultralytics.cfg import get_cfg
+from ultralytics.data import build_yolo_dataset
+from ultralytics.data.dataset import DATASET_CACHE_VERSION
+from ultralytics.data.utils import check_det_dataset
+
+from headkit.datasets import DatasetError, load_dataset
+from headkit.limits import LimitExceeded, Limits
+
+HEADER = "train: images/train\nval: images/val\n"
+
+
+class _Payload:
+    """Unpickling this calls `open(marker, "w")`: the marker file appearing proves the pickle ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def craft_label_cache(path: Path, marker: Path) -> Path:
+    """An Ultralytics label cache (np.save of a dict, current version) that creates `marker` when it is loaded.
+
+    Ultralytics unpickles the whole file (`np.load(allow_pickle=True)`) before it compares version and hash, so the
+    payload runs whatever the hash says; the keys make the file look like a cache Ultralytics wrote itself.
+    """
+    cache = {
+        "labels": [],
+        "hash": "0" * 64,
+        "results": (0, 0, 0, 0, 0),
+        "msgs": [],
+        "version": DATASET_CACHE_VERSION,
+        "payload": _Payload(marker),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a path
+        np.save(f, cache, allow_pickle=True)
+    return path
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def build_training_datasets(yaml_path: Path) -> dict:
+    """What Ultralytics' trainer does with a data.yaml: check it, then build the train and val YOLODatasets."""
+    data = check_det_dataset(str(yaml_path), autodownload=False)
+    cfg = get_cfg(overrides={"imgsz": 160, "workers": 0, "cache": False})
+    return {s: build_yolo_dataset(cfg, data[s], batch=2, data=data, mode=s) for s in ("train", "val")}
+
+
+def plates_with_names(plates_dir: Path, root: Path, names_yaml: str, *, train: int = 2, val: int = 1) -> Path:
+    """A few real plate images (label id 0) with `names_yaml` as the class list of data.yaml."""
+    copy_tiny_plates(plates_dir, root, train=train, val=val)
+    (root / "data.yaml").write_text(HEADER + names_yaml, "utf-8")
+    return root
+
+
+def many_names(count: int) -> list[str]:
+    return [f"c{i:06d}" for i in range(count)]
+
+
+def assert_nothing_left(work: Path) -> None:
+    assert not work.exists() or list(work.iterdir()) == [], list(work.rglob("*"))[:5]
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "PWNED"
+
+
+@pytest.fixture
+def evil_dataset(plates_dir: Path, tmp_path: Path, marker: Path) -> Path:
+    """Real plate images in the normalized Ultralytics layout, with crafted train and val label caches."""
+    data = copy_tiny_plates(plates_dir, tmp_path / "evil", train=4, val=2)
+    for split in ("train", "val"):
+        craft_label_cache(data / "labels" / f"{split}.cache", marker)
+    return data
+
+
+# --- a label cache in a zip never reaches Ultralytics ---------------------------------------------------------------
+
+
+def test_the_crafted_cache_really_runs_code_when_ultralytics_reads_it(evil_dataset: Path, marker: Path):
+    """The control: Ultralytics building its training dataset on the folder as uploaded runs the payload."""
+    build_training_datasets(evil_dataset / "data.yaml")
+    assert marker.exists(), "the crafted cache was not loaded: the attack tests below would prove nothing"
+
+
+def test_label_cache_in_a_zip_is_never_loaded_when_ultralytics_trains_on_it(
+    evil_dataset: Path, tmp_path: Path, marker: Path, caplog: pytest.LogCaptureFixture
+):
+    for extra in ("weights/best.npy", "labels/train/x.npz", "model.pkl", "images/train/x.cache"):
+        (evil_dataset / extra).parent.mkdir(parents=True, exist_ok=True)
+        (evil_dataset / extra).write_bytes(b"\x80\x04not loaded")
+    archive = zip_folder(evil_dataset, tmp_path / "evil.zip")
+    work = tmp_path / "work"
+    with caplog.at_level(logging.WARNING):
+        summary = load_dataset(archive, work_dir=work)
+    from_zip = [p for pattern in ("*.cache", "*.np[yz]", "*.pkl") for p in work.rglob(pattern)]
+    datasets = build_training_datasets(summary.yaml_path)  # Ultralytics writes its own labels/*.cache here
+    assert not marker.exists(), "a label cache from the zip was unpickled: code from an upload ran"
+    assert from_zip == []
+    assert summary.root.is_relative_to(work) and summary.yaml_path.parent == summary.root  # rebuilt, not in place
+    assert {s: len(d.labels) for s, d in datasets.items()} == {"train": 4, "val": 2}
+    skipped = [w for w in summary.warnings if "skipped 6 file(s)" in w]
+    assert len(skipped) == 1 and "labels/train.cache" in skipped[0] and "evil.zip" in skipped[0], summary.warnings
+    assert skipped[0] in caplog.text
+
+
+def test_zip_already_in_ultralytics_layout_is_still_rebuilt(plates_dir: Path, tmp_path: Path):
+    archive = zip_folder(copy_tiny_plates(plates_dir, tmp_path / "clean"), tmp_path / "clean.zip")
+    work = tmp_path / "work"
+    summary = load_dataset(archive, work_dir=work)
+    assert summary.root.is_relative_to(work) and summary.warnings == []
+    assert not list(work.rglob("extracted"))  # the raw extraction is gone once the dataset is rebuilt
+    assert sorted(p.relative_to(summary.root).as_posix() for p in summary.root.iterdir()) == [
+        "data.yaml",
+        "images",
+        "labels",
+    ]
+
+
+# --- class lists that would make training allocate gigabytes ---------------------------------------------------------
+
+
+def test_yaml_with_100k_classes_is_refused_quickly_leaving_nothing(plates_dir: Path, tmp_path: Path):
+    names = "names:\n" + "".join(f"  - {n}\n" for n in many_names(100_000))
+    archive = zip_folder(plates_with_names(plates_dir, tmp_path / "big", names), tmp_path / "big.zip")
+    assert archive.stat().st_size < 1 << 20
+    work = tmp_path / "work"
+    start = time.perf_counter()
+    with pytest.raises(LimitExceeded, match=r"data\.yaml.*100,000.*max_classes.*HEADKIT_MAX_CLASSES"):
+        load_dataset(archive, work_dir=work, resource_limits=Limits())
+    assert time.perf_counter() - start < 10
+    assert_nothing_left(work)
+
+
+def test_env_limit_applies_when_none_is_passed(plates_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HEADKIT_MAX_CLASSES", "3")
+    names = "names: [a, b, c, d]\n"
+    with pytest.raises(LimitExceeded, match=r"data\.yaml: class names: 4 is over the limit of 3 \(max_classes\)"):
+        load_dataset(plates_with_names(plates_dir, tmp_path / "d", names), work_dir=tmp_path / "work")
+
+
+def test_declared_nc_over_the_limit_is_refused(plates_dir: Path, tmp_path: Path):
+    with pytest.raises(LimitExceeded, match=r"data\.yaml: `nc:`: 100,000 is over .*max_classes"):
+        load_dataset(plates_with_names(plates_dir, tmp_path / "d", "nc: 100000\nnames: [plate]\n"), work_dir=tmp_path)
+
+
+def test_classes_txt_with_100k_classes_is_refused(plates_dir: Path, tmp_path: Path):
+    data = plates_with_names(plates_dir, tmp_path / "big", "")
+    (data / "data.yaml").unlink()
+    (data / "classes.txt").write_text("\n".join(many_names(100_000)) + "\n")
+    work = tmp_path / "work"
+    with pytest.raises(LimitExceeded, match=r"classes\.txt: class names: 100,000 .*HEADKIT_MAX_CLASSES"):
+        load_dataset(zip_folder(data, tmp_path / "big.zip"), work_dir=work)
+    assert_nothing_left(work)
+
+
+def test_yaml_too_big_to_hold_the_allowed_classes_is_refused_before_parsing(plates_dir: Path, tmp_path: Path):
+    filler = "".join(f"# {os.urandom(40).hex()}\n" for _ in range(25_000))  # 2 MB of comments, barely compressible
+    data = plates_with_names(plates_dir, tmp_path / "d", "names: [plate]\n" + filler)
+    with pytest.raises(LimitExceeded, match=r"data\.yaml: .* bytes.*max_classes.*HEADKIT_MAX_CLASSES"):
+        load_dataset(data, work_dir=tmp_path / "work", resource_limits=Limits(max_classes=100))
+
+
+def test_lvis_sized_class_list_is_accepted(plates_dir: Path, tmp_path: Path):
+    names = "names:\n" + "".join(f"  {i}: lvis_class_{i}\n" for i in range(1203))
+    archive = zip_folder(plates_with_names(plates_dir, tmp_path / "lvis", names), tmp_path / "lvis.zip")
+    summary = load_dataset(archive, work_dir=tmp_path / "work")
+    assert len(summary.names) == 1203 and summary.names[1202] == "lvis_class_1202"
+    assert summary.splits["train"].per_class[0] > 0 and summary.splits["train"].per_class[1202] == 0
+
+
+def test_explicitly_raised_limit_accepts_100k_classes(plates_dir: Path, tmp_path: Path):
+    """A local user who means it raises the limit; loading then accepts the list (training it is their call)."""
+    data = plates_with_names(plates_dir, tmp_path / "big", f"names: [{', '.join(many_names(100_000))}]\n")
+    summary = load_dataset(data, work_dir=tmp_path / "work", resource_limits=Limits(max_classes=200_000))
+    assert len(summary.names) == 100_000 and summary.names[99_999] == "c099999"
+
+
+def test_class_name_too_long_is_refused(plates_dir: Path, tmp_path: Path):
+    data = plates_with_names(plates_dir, tmp_path / "d", f"names: [plate, {'x' * 101}]\n")
+    with pytest.raises(LimitExceeded, match=r"data\.yaml: .*class 1.*101 is over the limit of 100 .*max_class_name"):
+        load_dataset(data, work_dir=tmp_path / "work")
+    assert load_dataset(data, work_dir=tmp_path / "w2", resource_limits=Limits(max_class_name_chars=101)).names[1]
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "shown"),
+    [
+        ("data.yaml", 'names: [plate, "car\\nlicense"]\n', r"'car\\nlicense'"),
+        ("data.yaml", 'names: {0: plate, 1: "a\\u2028b"}\n', r"'a\\u2028b'"),
+        ("data.yaml", 'names: [plate, "x\\u202ey"]\n', r"'x\\u202ey'"),
+        ("classes.txt", "plate\n\x1b[31mred\n", r"'\\x1b\[31mred'"),
+        ("classes.txt", "plate\nta\tb\n", r"'ta\\tb'"),
+    ],
+)
+def test_class_name_with_control_characters_is_refused(
+    plates_dir: Path, tmp_path: Path, file: str, text: str, shown: str
+):
+    data = plates_with_names(plates_dir, tmp_path / "d", "")
+    (data / "data.yaml").unlink()
+    (data / file).write_text(HEADER + text if file == "data.yaml" else text, "utf-8")
+    work = tmp_path / "work"
+    with pytest.raises(DatasetError, match=rf"{file}: class 1 name {shown} contains .*one line of printable text"):
+        load_dataset(zip_folder(data, tmp_path / "d.zip"), work_dir=work)
+    assert_nothing_left(work)
+
+
+@pytest.mark.parametrize(
+    "names", ["names: " + "[" * 100_000 + "]" * 100_000 + "\n", "names:\n" + "- " * 100_000 + "x\n"]
+)
+def test_deeply_nested_yaml_is_refused_quickly_without_crashing(plates_dir: Path, tmp_path: Path, names: str):
+    """libyaml (which Ultralytics uses too) turns quadratic, then segfaults, on nesting this deep."""
+    data = plates_with_names(plates_dir, tmp_path / "d", names)
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"data\.yaml line \d+: nested more than 32 levels deep"):
+        load_dataset(data, work_dir=tmp_path / "work")
+    assert time.perf_counter() - start < 5

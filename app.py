@@ -588,7 +588,9 @@ def build_demo() -> gr.Blocks:
                     token = gr.Textbox(
                         label="Hub token (write)",
                         type="password",
-                        info="or sign in with Hugging Face" if SETTINGS.oauth else None,
+                        info="your own token"
+                        + (" (or sign in with Hugging Face)" if SETTINGS.oauth else "")
+                        + "; this server's token is never used for visitors",
                     )
                     example = gr.Image(
                         type="filepath",

@@ -1,9 +1,11 @@
 """Plain head vs keypoint-trick head: same base, data, epochs, image size, batch, device and seed.
 
     python benchmarks/keypoint_trick.py [--base PATH] [--data data.yaml] [--epochs 10] [--imgsz 320] [--batch 16]
-        [--device auto] [--workers N] [--gains-control] [--project runs/keypoint_trick] [--out results.json]
+        [--device auto] [--workers N] [--gains-control] [--branch head|neck] [--project runs/keypoint_trick]
+        [--out results.json]
 
-Each head is trained with `train_head` on the base's frozen trunk (`keypoint_trick=True` for the trick), merged as
+Each head is trained with `train_head` on the base's frozen trunk (`keypoint_trick=True` for the trick; with
+`--branch neck` both arms own a copy of the neck, which the keypoint loss then shapes), merged as
 the only head on the base trunk (`merge(base, head, keep_base_head=False)`) and evaluated on the val split at --imgsz:
 
 - mAP50, mAP50-95: Ultralytics' val, box metrics (conf 0.001, NMS IoU 0.7).
@@ -188,6 +190,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None, help="dataloader workers (default: headkit's)")
     parser.add_argument("--gains-control", action="store_true", help="also train a plain head with box=dfl=0.01")
+    parser.add_argument("--branch", default="head", help="'head' (frozen trunk) or 'neck' (both arms own a neck copy)")
     parser.add_argument("--project", type=Path, default=REPO / "runs" / "keypoint_trick")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -206,6 +209,7 @@ def main() -> int:
         "device": args.device,
         "project": args.project,
         "verbose": False,
+        "branch": args.branch,
     }
     if args.workers is not None:
         common["workers"] = args.workers
@@ -225,7 +229,7 @@ def main() -> int:
     print(
         f"{Path(args.data).parent.name} val: {len(images)} images, {plain['objects']} objects, "
         f"{plain['small objects']} small (< 32² px at imgsz {args.imgsz}); epochs {args.epochs}, batch {args.batch}, "
-        f"device {args.device}"
+        f"device {args.device}, branch {args.branch}"
     )
     rows = ["mAP50", "mAP50-95", "mAP50 small", "mAP50 (matcher)", "train s", "params"]
     print(f"{'metric':18s}" + "".join(f"{n:>22s}" for n in results) + f"{'trick/plain':>14s}")

@@ -43,6 +43,7 @@ class TrainResult:
             "run_dir": str(self.run_dir),
             "seconds": round(self.seconds, 2),
             "trunk_check": self.head.metadata.get("trunk_check"),
+            "kind": self.head.kind.describe(),
         }
 
 

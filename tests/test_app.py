@@ -107,9 +107,10 @@ def test_train_then_compare_merge_and_share_within_the_session(client, app, hub,
     assert "Estimated training time: about" in client.predict(base_name, 1, 160, 4, api_name="/estimate_training")
 
     status, curve, head_file, metrics, report, plots, *_ = client.predict(
-        base_name, handle_file(plates_zip), 1, 160, 4, False, api_name="/train_head"
+        base_name, handle_file(plates_zip), 1, 160, 4, False, "neck", api_name="/train_head"
     )
     key = report["head"]
+    assert report["kind"] == "branch from layer 10" and headkit.load_head(head_file).kind.branch_start == 10
     assert key == "session/tiny_plates" and status.startswith("✅ Trained `session/tiny_plates`")
     assert headkit.load_head(head_file).names == {0: "license_plate"}
     assert report["trunk_check"]["untouched"] and set(report["metrics"]) == {"license_plate", "all"}

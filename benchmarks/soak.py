@@ -38,7 +38,16 @@ from gradio_client.utils import Status
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from load_compare import DEFAULT_BASE, HOST, REPO, free_port, percentile, start_server, wait_until_ready  # noqa: E402
+from load_compare import (  # noqa: E402
+    DEFAULT_BASE,
+    HOST,
+    REPO,
+    free_port,
+    percentile,
+    run_together,
+    start_server,
+    wait_until_ready,
+)
 
 import headkit  # noqa: E402
 
@@ -173,13 +182,7 @@ def run_round(url: str, base: str, image: str, args: argparse.Namespace, expecte
         threading.Thread(target=attacker, args=(0.5 * (i + 1), name, *spec))
         for i, (name, spec) in enumerate(attacks.items())
     ]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    result.wall = time.perf_counter() - began
+    result.wall = run_together(threads, start)
     return result
 
 

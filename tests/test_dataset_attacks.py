@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import os
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import copy_tiny_plates
+from pickle_payload import Payload
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_yolo_dataset
 from ultralytics.data.dataset import DATASET_CACHE_VERSION
@@ -21,16 +21,6 @@ from headkit.datasets import DatasetError, load_dataset
 from headkit.limits import LimitExceeded, Limits
 
 HEADER = "train: images/train\nval: images/val\n"
-
-
-class _Payload:
-    """Unpickling this calls `open(marker, "w")`: the marker file appearing proves the pickle ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return builtins.open, (self.marker, "w")
 
 
 def craft_label_cache(path: Path, marker: Path) -> Path:
@@ -45,7 +35,7 @@ def craft_label_cache(path: Path, marker: Path) -> Path:
         "results": (0, 0, 0, 0, 0),
         "msgs": [],
         "version": DATASET_CACHE_VERSION,
-        "payload": _Payload(marker),
+        "payload": Payload(marker),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a path

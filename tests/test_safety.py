@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from conftest import SHIPPED_HEAD, copy_tiny_plates
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hub_server import LoopbackHub
+from pickle_payload import Payload
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -32,20 +32,10 @@ from headkit.datasets import DatasetError, load_dataset
 PICKLE_WORDS = r"(?i)pickle|run code|code execution|weights_only"
 
 
-class _Payload:
-    """Unpickling this calls `open(marker, "w")`: the marker file appearing proves the pickle ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return builtins.open, (self.marker, "w")
-
-
 def craft_pickle(path: Path, marker: Path) -> Path:
     """A torch.save'd checkpoint-like dict with a payload that creates `marker` when the file is unpickled."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": _Payload(marker), "model.22.cv3.0.2.bias": torch.zeros(1)}, path)
+    torch.save({"model": Payload(marker), "model.22.cv3.0.2.bias": torch.zeros(1)}, path)
     return path
 
 

@@ -69,8 +69,10 @@ MERGE_HELP = """A merged `.pt` with several heads needs **headkit installed** to
 without headkit, Ultralytics would try to `pip install headkit`). **TorchScript** and **ONNX** files run with plain
 `ultralytics.YOLO(path)` anywhere, with the merged class names."""
 BRANCH_HELP = (
-    "Head only: a Detect head on the frozen trunk (smallest, cheapest). Neck branch: the head also trains its own copy "
-    "of the neck (more accurate on new classes; costs the neck again at inference). Base detections stay exact either way."
+    "Head only: a Detect head on the frozen trunk — smallest (≈4 MB) and cheapest (merged ≈1.13× the base's "
+    "latency on YOLOv8s). Neck branch: the head also trains its own copy of the neck — on the plates benchmark "
+    "mAP50 0.885 vs 0.642 for head only and 0.844 for a full fine-tune (10 epochs, 320 px); ≈12 MB, merged ≈1.53× "
+    "the base's latency. Base detections stay exact either way."
 )
 
 # Models: each base is loaded once (on first use) and kept, with its merged variants, for every request.

@@ -6,7 +6,12 @@ CPU, batch 1. Targets: merged(1 head) / base <= 1.30, merged(1 head) / (base + s
 merged(1 neck branch) / base <= 1.65. Cost depends on the architecture only, so without --branch-head the branch head
 is the base's own neck and head taken as a branch (same layers, same cost as a trained one).
 
-    python benchmarks/merge_latency.py [--base PATH] [--head PATH] [--branch-head PATH] [--imgsz 640] [--rounds 30]
+    python benchmarks/merge_latency.py [--base PATH] [--head PATH|own] [--branch-head PATH] [--imgsz 640] [--rounds 30]
+        [--nms-free]
+
+`--head own` takes the base's own head as the extra head (same layers and cost as a trained one: use it for a base
+without a shipped head, e.g. a YOLO26 checkpoint); `--nms-free` predicts with nms=False (the one-to-one branch of an
+end-to-end base such as YOLO26, no NMS).
 """
 
 from __future__ import annotations
@@ -32,14 +37,16 @@ from headkit.model import clone_model  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=str(REPO.parent / "shared" / "weights" / "yolov8s-fall.pt"))
-    parser.add_argument("--head", default=str(REPO / "weights" / "license_plate.safetensors"))
+    parser.add_argument("--head", default=str(REPO / "weights" / "license_plate.safetensors"), help="a path, or 'own'")
     parser.add_argument("--branch-head", default=None, help="a neck-branch head for this base (.safetensors)")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--nms-free", action="store_true", help="predict with nms=False (end-to-end bases)")
     args = parser.parse_args()
 
     base = headkit.load_model(args.base)
-    head = headkit.load_head(args.head)
+    head = headkit.extract_head(clone_model(base), base) if args.head == "own" else headkit.load_head(args.head)
+    options = {"imgsz": args.imgsz, "verbose": False} | ({"nms": False} if args.nms_free else {})
     single = headkit.merge(base, head, keep_base_head=False)
     if args.branch_head:
         branch = headkit.load_head(args.branch_head)
@@ -59,20 +66,20 @@ def main() -> int:
     for models in variants.values():  # warm-up: predictor setup, fusing, first-call allocations
         for model in models:
             for _ in range(2):
-                model.predict(image, imgsz=args.imgsz, verbose=False)
+                model.predict(image, **options)
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, models in variants.items():
             start = time.perf_counter()
             for model in models:
-                model.predict(image, imgsz=args.imgsz, verbose=False)
+                model.predict(image, **options)
             times[name].append(time.perf_counter() - start)
 
     median = {name: statistics.median(t) * 1000 for name, t in times.items()}
     print(
         f"CPU ({torch.get_num_threads()} threads), batch 1, imgsz {args.imgsz}, bus.jpg, {args.rounds} rounds, "
-        "end-to-end predict (pre-process, forward, NMS)"
+        "end-to-end predict (pre-process, forward, " + ("NMS-free selection)" if args.nms_free else "NMS)")
     )
     print(f"{'variant':28s} {'median ms':>10s} {'p90 ms':>8s} {'GFLOPs':>8s} {'vs base':>8s}")
     for name, models in variants.items():

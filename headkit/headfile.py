@@ -103,6 +103,7 @@ class Head:
             reg_max=self.metadata["reg_max"],
             legacy=self.metadata["legacy"],
             activation=self.metadata.get("activation") or DEFAULT_ACTIVATION,
+            end2end=bool(self.metadata.get("end2end", False)),
         )
         detect.load_state_dict(self.detect_tensors, strict=True)
         detect.stride = torch.tensor(self.metadata["strides"], dtype=torch.float32)
@@ -128,7 +129,13 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def new_detect(
-    nc: int, channels: list[int], *, reg_max: int = 16, legacy: bool, activation: dict | None = None
+    nc: int,
+    channels: list[int],
+    *,
+    reg_max: int = 16,
+    legacy: bool,
+    activation: dict | None = None,
+    end2end: bool = False,
 ) -> Detect:
     """Build a Detect head with an explicit layout and activation.
 
@@ -139,10 +146,11 @@ def new_detect(
     Args:
         activation: as `describe_activation` writes it, e.g. {"type": "SiLU"}; default SiLU (every detect family
             Ultralytics ships).
+        end2end: also build the one-to-one (NMS-free) branch, as YOLO26 heads have.
     """
     detect = Detect.__new__(Detect)
     object.__setattr__(detect, "legacy", legacy)
-    Detect.__init__(detect, nc=nc, reg_max=reg_max, ch=tuple(channels))
+    Detect.__init__(detect, nc=nc, reg_max=reg_max, end2end=end2end, ch=tuple(channels))
     for module in detect.modules():
         if isinstance(module, Conv | DWConv):
             module.act = build_activation(activation or DEFAULT_ACTIVATION)
@@ -202,6 +210,7 @@ def describe_detect(detect: Detect) -> dict[str, Any]:
         "strides": [float(s) for s in detect.stride],
         "legacy": legacy,
         "activation": describe_activation(detect.cv2[0][0].act),
+        "end2end": getattr(detect, "one2one_cv2", None) is not None,
     }
 
 

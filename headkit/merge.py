@@ -1,4 +1,7 @@
-"""ConcatHead and merge(): the one place that joins Detect heads. Nothing in Ultralytics is patched or subclassed.
+"""ConcatHead and merge(): the one place that joins Detect heads. Nothing in Ultralytics is patched.
+
+ConcatHead is a Detect (without branches of its own) so that Ultralytics' own seams reach it: the predictor,
+validator and exporter choose the NMS-free branch with `model.end2end = ...`, which only a Detect receives.
 
 A merged model is exact (each class's boxes and confidences are what its own head alone gives) under Ultralytics'
 default per-class NMS. Class-agnostic NMS would let one head's boxes suppress another's, so merged models refuse it
@@ -26,13 +29,20 @@ from .trunk import detection_model, fingerprint
 LOGGER = logging.getLogger(__name__)
 
 
-class ConcatHead(nn.Module):
+class ConcatHead(Detect):
     """Run several Detect heads on the same feature maps and join their predictions into one.
 
-    Inference output has shape (B, 4 + sum(nc), heads * anchors): head k owns anchor columns [k*A, (k+1)*A) with its
-    own boxes, and class rows 4 + offset_k ... 4 + offset_k + nc_k; its scores for every other head's classes are
-    zero. NMS therefore sees each head's candidates exactly as that head alone would produce them.
+    A Detect to Ultralytics (so its predictor, validator, exporter and `fuse()` reach it, e.g. to pick the NMS-free
+    branch), with no branches of its own. Two output modes, as every head in it:
+
+    - one-to-many (YOLOv8, YOLO11, and YOLO26 with external NMS): shape (B, 4 + sum(nc), heads * anchors); head k owns
+      anchor columns [k*A, (k+1)*A) with its own boxes and class rows 4 + offset_k ... 4 + offset_k + nc_k; its
+      scores for every other head's classes are zero, so NMS sees each head's candidates as that head alone makes them.
+    - end-to-end (YOLO26 with `nms=False`): each head selects its own top `max_det` rows (B, k, 6); their class ids
+      are offset and the rows stacked, the base head's first, so a per-image cap keeps the base's detections whole.
     """
+
+    cv2 = None  # no one-to-many branch of its own (read by Ultralytics' fuse checks)
 
     def __init__(self, heads: Sequence[Detect | Branch], *, features: int = 3, shared: Sequence[int] = ()):
         """
@@ -41,13 +51,44 @@ class ConcatHead(nn.Module):
             features: how many of the inputs are the base head's feature maps; the rest are the outputs of the
                 `shared` layers, in that order, for the branches.
         """
-        super().__init__()
+        nn.Module.__init__(self)  # Detect.__init__ would build branches this head does not have
         self.heads = nn.ModuleList(heads)
         self.features = int(features)
         self.shared = [int(i) for i in shared]
         self.nc = sum(head.nc for head in heads)
+        self.reg_max = _detect(heads[0]).reg_max
+        self.nl = _detect(heads[0]).nl
+        self.no = self.nc + self.reg_max * 4
         self.stride = _detect(heads[0]).stride.clone()
-        self.end2end = False  # read by Ultralytics' predictor, validator and exporter through the model
+
+    @property
+    def end2end(self) -> bool:
+        """True when every head runs its NMS-free one-to-one branch (Ultralytics reads this through the model)."""
+        return all(_detect(head).end2end for head in self.heads)
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        for head in map(_detect, self.heads):
+            if getattr(head, "one2one_cv2", None) is not None:
+                head.end2end = value
+
+    @property
+    def max_det(self) -> int:
+        return _detect(self.heads[0]).max_det
+
+    @max_det.setter
+    def max_det(self, value: int) -> None:  # the predictor and validator set it per call; each head selects its own
+        for head in map(_detect, self.heads):
+            head.max_det = value
+
+    @property
+    def agnostic_nms(self) -> bool:
+        return _detect(self.heads[0]).agnostic_nms
+
+    @agnostic_nms.setter
+    def agnostic_nms(self, value: bool) -> None:
+        for head in map(_detect, self.heads):
+            head.agnostic_nms = value
 
     def forward(self, x: list[torch.Tensor]):
         """Training mode: each head's raw dict. Export mode: the joined tensor. Otherwise (joined, raw dicts)."""
@@ -59,7 +100,8 @@ class ConcatHead(nn.Module):
         if self.training:
             return {"heads": outputs}
         export = isinstance(outputs[0], torch.Tensor)
-        joined = self._join([out if export else out[0] for out in outputs])
+        predictions = [out if export else out[0] for out in outputs]
+        joined = self._join_selected(predictions) if self.end2end else self._join(predictions)
         return joined if export else (joined, {"heads": [out[1] for out in outputs]})
 
     def _join(self, predictions: list[torch.Tensor]) -> torch.Tensor:
@@ -70,6 +112,17 @@ class ConcatHead(nn.Module):
             scores.append(F.pad(p[:, 4:], (0, 0, offset, self.nc - offset - head.nc)))
             offset += head.nc
         return torch.cat((boxes, torch.cat(scores, dim=2)), dim=1)
+
+    def _join_selected(self, predictions: list[torch.Tensor]) -> torch.Tensor:
+        """Stack each head's selected rows [x1, y1, x2, y2, score, class], class ids offset to the merged names."""
+        rows, offset = [], 0
+        for p, head in zip(predictions, self.heads, strict=True):
+            rows.append(torch.cat((p[..., :5], p[..., 5:6] + offset, p[..., 6:]), dim=-1))
+            offset += head.nc
+        return torch.cat(rows, dim=1)
+
+    def fuse(self) -> None:
+        """Nothing to drop here: Ultralytics' fuse() reaches each inner head and drops its unused branch itself."""
 
     def _apply(self, fn, recurse=True):
         """Move the heads' stride/anchor tensors too: Ultralytics does this only for a Detect in the last layer."""
@@ -104,6 +157,16 @@ def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) ->
     base_detect = detection_model(base).model[-1]
     layout = describe_detect(base_detect)
     label = head.label
+    ours_e2e, theirs_e2e = bool(layout["end2end"]), bool(head.metadata.get("end2end", False))
+    if ours_e2e != theirs_e2e:
+
+        def name(e2e: bool) -> str:
+            return "end-to-end (NMS-free, YOLO26)" if e2e else "one-to-many (NMS, YOLOv8/YOLO11)"
+
+        raise ValueError(
+            f"head '{label}' has a {name(theirs_e2e)} Detect layout, but this base's head is {name(ours_e2e)}; a head "
+            "joins only a base of its own layout — load the base it was trained on, or train the head on this base"
+        )
     if head.channels != layout["channels"] or head.metadata["reg_max"] != layout["reg_max"]:
         raise ValueError(
             f"head '{label}' expects feature maps with {head.channels} channels (reg_max {head.metadata['reg_max']}), "
@@ -219,16 +282,32 @@ def _refuse_agnostic_val(validator) -> None:
             )
 
 
-# Export needs no guard: Ultralytics' exporter drops nms=True for a head that is not a Detect (our ConcatHead), so
-# NMS is never baked into a merged model's graph.
-_GUARDS = (("on_predict_start", _refuse_agnostic_predict), ("on_val_start", _refuse_agnostic_val))
+def _refuse_baked_nms(exporter) -> None:
+    """on_export_start: a merged model exports its raw joined output; NMS runs where the file is loaded.
+
+    Ultralytics' NMS wrapper was written for one Detect head; its exactness for several joined heads is unproven, so
+    it is refused rather than trusted.
+    """
+    if getattr(exporter.args, "nms", None):
+        raise ValueError(
+            "export(nms=True) is refused on a merged model: NMS is not baked into its graph, so that every head's "
+            "candidates stay exactly its own; export with nms unset (the default) — ultralytics.YOLO(file).predict "
+            "runs per-class NMS on the output — or, for a YOLO26 base, nms=False for its NMS-free output"
+        )
+
+
+_GUARDS = (
+    ("on_predict_start", _refuse_agnostic_predict),
+    ("on_val_start", _refuse_agnostic_val),
+    ("on_export_start", _refuse_baked_nms),
+)
 
 
 def guard_merged(model: YOLO) -> YOLO:
-    """Make a model whose last layer is a ConcatHead refuse class-agnostic NMS; other models pass unchanged.
+    """Make a model whose last layer is a ConcatHead refuse class-agnostic NMS and baked-in NMS; others pass unchanged.
 
-    The refusal lives in this model's own callbacks (`model.add_callback`), so it holds for every predict, track and
-    val call on it and touches nothing global. Call it on any merged model loaded from a `.pt` (callbacks are not
+    The refusal lives in this model's own callbacks (`model.add_callback`), so it holds for every predict, track, val
+    and export call on it and touches nothing global. Call it on any merged model loaded from a `.pt` (callbacks are not
     saved with the weights); calling it twice adds nothing.
     """
     if isinstance(detection_model(model).model[-1], ConcatHead):

@@ -57,10 +57,11 @@ def model_source(model) -> str | None:
 
 
 def ensure_detect_base(model, *, role: str = "base") -> None:
-    """Refuse anything but a plain one-to-many YOLO Detect model (YOLOv8, YOLO11 and alike), saying why.
+    """Refuse anything but a plain YOLO Detect model (YOLOv8, YOLO11, YOLO26 and alike), saying why.
 
     Raises:
-        ValueError: the model is not a detection model, is already merged, or has an end-to-end head.
+        ValueError: the model is not a detection model, is already merged, is YOLOv10, or is end-to-end with its
+            one-to-many branch fused away.
     """
     inner = detection_model(model)
     head = inner.model[-1]
@@ -69,15 +70,20 @@ def ensure_detect_base(model, *, role: str = "base") -> None:
         raise ValueError(
             f"the {role} is already a merged model; merge heads onto the original base model instead of a merged one"
         )
+    if type(head).__name__ == "v10Detect":
+        raise ValueError(
+            f"the {role} is a YOLOv10 model (v10Detect head); headkit merges YOLOv8, YOLO11 and YOLO26 detect models "
+            "— use one of those, e.g. yolo26n.pt"
+        )
     if task != "detect" or type(head) is not Detect:
         raise ValueError(
             f"the {role} is a '{task}' model with a {type(head).__name__} head; headkit adds Detect heads to plain "
             "object-detection models only — use a detect checkpoint such as yolov8n.pt or yolo11n.pt"
         )
-    if getattr(head, "one2one_cv2", None) is not None or head.cv2 is None:
+    if head.cv2 is None:
         raise ValueError(
-            f"the {role} has an end-to-end (NMS-free) Detect head, as YOLO26 and YOLOv10 do; merging such heads is not "
-            "supported yet — use a YOLOv8 or YOLO11 detect base"
+            f"the {role} is a fused end-to-end model (its one-to-many branch was removed); load the original "
+            "checkpoint (.pt) instead of a fused or exported copy"
         )
 
 

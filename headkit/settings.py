@@ -45,7 +45,7 @@ class Settings:
     token: str | None = None
     hub_cache: Path | None = None
     base: str = DEFAULT_BASE
-    bases: tuple[str, ...] = ("yolov8n.pt", "yolo11n.pt")
+    bases: tuple[str, ...] = ("yolov8n.pt", "yolo11n.pt", "yolo26n.pt")
     jobs_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "headkit-jobs")
     job_max_age_s: float = 6 * 3600.0
     zero_gpu: bool = False
@@ -65,7 +65,9 @@ class Settings:
             hub_cache=_hub_cache(),
             base=os.environ.get("HEADKIT_BASE", "").strip() or DEFAULT_BASE,
             bases=tuple(
-                b.strip() for b in os.environ.get("HEADKIT_BASES", "yolov8n.pt,yolo11n.pt").split(",") if b.strip()
+                b.strip()
+                for b in os.environ.get("HEADKIT_BASES", "yolov8n.pt,yolo11n.pt,yolo26n.pt").split(",")
+                if b.strip()
             ),
             jobs_dir=Path(os.environ.get("HEADKIT_JOBS_DIR") or Path(tempfile.gettempdir()) / "headkit-jobs"),
             job_max_age_s=float(os.environ.get("HEADKIT_JOB_MAX_AGE_S", 6 * 3600)),

@@ -26,7 +26,7 @@ LOGGER = logging.getLogger(__name__)
 
 HF_SCHEME = "hf://"
 # Official Hub repositories for bare names (`yolov8n.pt` -> Ultralytics/YOLOv8), by family prefix.
-OFFICIAL_REPOS = {"yolov8": "Ultralytics/YOLOv8", "yolo11": "Ultralytics/YOLO11"}
+OFFICIAL_REPOS = {"yolov8": "Ultralytics/YOLOv8", "yolo11": "Ultralytics/YOLO11", "yolo26": "Ultralytics/YOLO26"}
 # File types that are Python pickles (or may be): loading one can run code.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 # Full git refs that name a branch or a tag; every other `refs/...` (pull requests, converts) is refused for pickles.

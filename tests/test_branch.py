@@ -155,3 +155,17 @@ def test_training_continues_from_a_branch_head(tmp_path, base, plates_dir, branc
     assert result.head.kind.branch_start == 10
     key = "branch.12.cv1.conv.weight"
     assert torch.allclose(result.head.tensors[key].float(), branch_head.tensors[key].float(), atol=1e-4)
+
+
+def test_shipped_neck_branch_head_finds_plates_and_keeps_the_base_exact(base, bus_jpg, plate_images):
+    """weights/license_plate_neck.safetensors (see its card): a branch from layer 10, base classes bit-exact."""
+    from conftest import REPO
+
+    head = headkit.load_head(REPO / "weights" / "license_plate_neck.safetensors")
+    assert head.kind.branch_start == 10 and head.metadata["metrics"]["all"]["mAP50"] >= 0.90
+    merged = headkit.merge(base, head)
+    assert merged.names == {0: "Normal", 1: "Fall", 2: "license_plate"}
+    ours, theirs = rows(merged, bus_jpg, imgsz=640), rows(base, bus_jpg, imgsz=640)
+    assert torch.equal(ours[ours[:, 5] < 2], theirs)
+    plates = rows(merged, plate_images[0], imgsz=640)
+    assert (plates[:, 5] == 2).any() and plates[plates[:, 5] == 2, 4].max() > 0.5

@@ -78,10 +78,11 @@ def test_instance_callbacks_reach_an_existing_predictor():
     assert seen == [True]
 
 
-def test_exporter_never_bakes_nms_into_a_merged_model():
-    """Why merge.guard_merged has no export guard: nms=True is dropped for a last layer that is not a Detect."""
+def test_exporter_calls_on_export_start_before_writing():
+    """merge.guard_merged refuses nms=True in on_export_start: it must run before any file is written."""
     import inspect
 
     from ultralytics.engine.exporter import Exporter
 
-    assert 'getattr(model, "end2end", False) or not isinstance(head, Detect)' in inspect.getsource(Exporter.__call__)
+    source = inspect.getsource(Exporter.__call__)
+    assert source.index('self.run_callbacks("on_export_start")') < source.index('getattr(self, f"export_{fmt}")()')

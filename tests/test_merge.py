@@ -13,6 +13,7 @@ import headkit
 from headkit.headfile import Head
 from headkit.limits import ENV
 from headkit.merge import check_output_size
+from headkit.model import clone_model
 from headkit.trunk import trunk_state
 
 CONF = 0.05  # low enough that a few new-head detections appear on plate images
@@ -215,3 +216,12 @@ def test_output_size_limit(merged, default_limits):
     with pytest.raises(headkit.LimitExceeded, match=r"2000 classes, 9 heads, 1280 px.*max_output_mb"):
         check_output_size((2000, 9), 1280)
     assert check_output_size((2000, 9), 1280, headkit.Limits(max_output_mb=4096)) > 512
+
+
+def test_export_with_baked_nms_is_refused(tmp_path, merged):
+    """NMS stays out of a merged model's graph: Ultralytics' NMS wrapper is not proven exact for joined heads."""
+    model = clone_model(merged)
+    model.model.pt_path = str(tmp_path / "merged.pt")
+    with pytest.raises(ValueError, match=r"export\(nms=True\) is refused on a merged model"):
+        model.export(format="onnx", imgsz=160, nms=True, verbose=False)
+    assert not list(tmp_path.glob("*.onnx"))

@@ -61,7 +61,8 @@ NO_BASE = """### Base model `{base}` is not available
 
 Point the app at a local checkpoint: `HEADKIT_BASE=/path/to/model.pt python app.py`, or
 `python app.py --base /path/to/model.pt` (or put the file in a folder named by `HEADKIT_WEIGHTS_DIR`)."""
-TRAIN_HELP = """Upload a YOLO detection dataset as a **.zip** (Ultralytics or Roboflow layout, with data.yaml or classes.txt).
+TRAIN_HELP = """Upload a detection dataset as a **.zip**: YOLO (Ultralytics or Roboflow layout, with data.yaml or classes.txt)
+or COCO JSON (`_annotations.coco.json` beside the images, or `annotations/instances_<split>.json`).
 Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in
 the queue shows on the progress bar. Stop ends the run after the current batch; nothing is saved then."""
 
@@ -245,7 +246,7 @@ def compare(base: str, image: str | None, heads: list[str], conf: float, iou: fl
     table = pd.DataFrame([d.to_dict() for d in result.detections], columns=DETECTION_COLUMNS)
     folder = served_folder()  # one folder per call: identical outputs never share a cache file
     images = [_save_image(result.images[name], folder / f"{name}.jpg") for name in ("base", "custom", "merged")]
-    return *images, table, result.summary(), result.to_dict()
+    return *images, table, f"{result.summary()}  \n{result.timing()}", result.to_dict()
 
 
 def _save_image(pixels, path: Path) -> str | None:

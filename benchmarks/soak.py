@@ -127,7 +127,7 @@ def compare(client: Client, base: str, image: str, imgsz: int) -> tuple[float, i
     """One legitimate compare; its latency in seconds, the base's detection count and the summary line."""
     started = time.perf_counter()
     result = client.predict(base, handle_file(image), HEADS, 0.25, 0.7, imgsz, api_name="/compare")
-    return time.perf_counter() - started, int(result[5]["base_count"]), result[4]
+    return time.perf_counter() - started, int(result[5]["base_count"]), result[5]["summary"]
 
 
 def refusal(call: Callable[[], object], limit: str) -> tuple[bool, str]:

@@ -55,6 +55,7 @@ class Comparison:
     merged_base_count: int
     max_confidence_change: float
     unmatched: int
+    timings_ms: dict[str, float | None]
 
     def summary(self) -> str:
         """One line: the merged model's base-class detections and their largest confidence change against the base."""
@@ -64,6 +65,11 @@ class Comparison:
         )
         return line + (f"; {self.unmatched} detection(s) without a counterpart" if self.unmatched else "")
 
+    def timing(self) -> str:
+        """One line: each model's time for this image (pre-process + forward + NMS), so each head's price shows."""
+        parts = [f"{name} {ms:.1f} ms" for name, ms in self.timings_ms.items() if ms is not None]
+        return "Time for this image (pre-process, inference, NMS): " + " · ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "detections": [d.to_dict() for d in self.detections],
@@ -71,6 +77,7 @@ class Comparison:
             "merged_base_count": self.merged_base_count,
             "max_confidence_change": self.max_confidence_change,
             "unmatched": self.unmatched,
+            "timings_ms": self.timings_ms,
             "summary": self.summary(),
         }
 
@@ -198,6 +205,8 @@ class Comparer:
             results["merged"] = merged.predict(bgr, **settings)
         else:
             results["merged"] = results["base"]
+        # Ultralytics' own per-image timings (ms): what each model cost on this image; merged = base without heads
+        timings = {name: round(sum(r.speed.values()), 1) for name, r in results.items()}
         images = {name: (r.plot()[..., ::-1].copy() if r is not None else None) for name, r in results.items()}
         images.setdefault("custom", None)
         detections, rows = [], {}
@@ -221,6 +230,7 @@ class Comparer:
             merged_base_count=len(merged_base),
             max_confidence_change=change,
             unmatched=unmatched,
+            timings_ms={name: timings.get(name) for name in MODELS},
         )
 
 

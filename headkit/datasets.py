@@ -15,6 +15,7 @@ from PIL import Image
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
 
 from headkit.archive import ArchiveError, ZipLimits, extract_zip
+from headkit.coco import convert_coco, find_coco_files
 from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_label_line, read_names, read_text
 from headkit.layout import (
     DATASET_FILES,
@@ -91,7 +92,11 @@ def load_dataset(
     limits: ZipLimits = ZipLimits(),  # noqa: B008 (frozen dataclass, immutable)
     resource_limits: Limits | None = None,
 ) -> DatasetSummary:
-    """Validate a YOLO detection dataset (folder or .zip) and return where Ultralytics can train on it.
+    """Validate a YOLO or COCO JSON detection dataset (folder or .zip) and return where Ultralytics can train on it.
+
+    COCO JSON (`instances*.json` or Roboflow's `_annotations.coco.json` beside the images, see `headkit.coco`) is
+    checked record by record and written out in YOLO layout in a new folder; class ids follow the category ids in
+    ascending order.
 
     A zip is always rebuilt: only images, label .txt files, classes.txt and the root yaml are extracted, and the
     dataset is laid out afresh in a new folder under `work_dir` (a new temporary folder when None), so nothing else
@@ -123,11 +128,16 @@ def load_dataset(
     options = {"base_names": base_names, "val_fraction": val_fraction, "limits": resource_limits}
     try:
         if source.is_dir():
+            if is_coco_dataset(source):
+                return _load_coco(source, job, notes=[], **options)
             return _load(source, job, from_zip=False, notes=[], **options)
         if source.is_file() and source.suffix.lower() == ".zip":
             extracted = job.path / "extracted"
             notes = extract_zip(source, extracted, limits=limits, keep=is_dataset_file, kept=DATASET_FILES)
-            summary = _load(extracted, job, from_zip=True, notes=notes, **options)
+            if is_coco_dataset(extracted):
+                summary = _load_coco(extracted, job, notes=notes, **options)
+            else:
+                summary = _load(extracted, job, from_zip=True, notes=notes, **options)
             shutil.rmtree(extracted, ignore_errors=True)  # what is left: files no split uses
             return summary
         found = "nothing" if not source.exists() else f"a {source.suffix or 'extension-less'} file"
@@ -157,6 +167,22 @@ class _Job:
     def discard(self) -> None:
         if self._path is not None:
             shutil.rmtree(self._path, ignore_errors=True)
+
+
+def is_coco_dataset(folder: Path) -> bool:
+    """A folder whose boxes are in COCO JSON: annotation files found and no YOLO label files beside them."""
+    return bool(find_coco_files(folder)) and not any(
+        p.name != "classes.txt" for p in folder.rglob("*.txt") if "labels" in p.parts
+    )
+
+
+def _load_coco(base: Path, job: _Job, *, notes: list[str], **options) -> DatasetSummary:
+    """Convert COCO JSON (every record checked) into a YOLO folder in the job, then validate that like any upload."""
+    converted = job.path / "converted"
+    _, more = convert_coco(base, converted, limits=options["limits"])
+    summary = _load(converted, job, from_zip=True, notes=[*notes, *more], **options)
+    shutil.rmtree(converted, ignore_errors=True)
+    return summary
 
 
 def _load(

@@ -10,12 +10,16 @@ from typing import NamedTuple
 import yaml
 from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 
+from headkit.coco import is_coco_file
 from headkit.labels import DatasetError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = "images/train + labels/train (Ultralytics) or train/images + train/labels (Roboflow)"
 _SKIPPED = {"__MACOSX"}
-DATASET_FILES = "images (" + ", ".join(sorted(IMG_FORMATS)) + "), .txt labels and classes.txt, and the dataset's yaml"
+DATASET_FILES = (
+    "images (" + ", ".join(sorted(IMG_FORMATS)) + "), .txt labels and classes.txt, the dataset's yaml, and COCO JSON "
+    "(instances*.json, _annotations.coco.json)"
+)
 """What `is_dataset_file` accepts, in words."""
 
 
@@ -38,12 +42,14 @@ def visible(path: Path) -> bool:
 
 
 def is_dataset_file(path: PurePosixPath) -> bool:
-    """True for the files a YOLO dataset is made of: images, `.txt` (labels, classes.txt) and a yaml at its top.
+    """True for the files a dataset is made of: images, `.txt` (labels, classes.txt), a yaml at its top, COCO JSON.
 
     Everything else in an upload (`*.cache`, `*.npy`, `*.pt`, ...) is dropped: Ultralytics unpickles a `labels/*.cache`
     it finds beside the labels, so such a file from a stranger would run code on the server.
     """
     suffix = path.suffix[1:].lower()
+    if suffix == "json":  # COCO annotations (read as JSON, never unpickled), by their exporters' file names
+        return is_coco_file(Path(path.name)) and len(path.parts) <= 4
     if suffix in {"yaml", "yml"}:
         return len(path.parts) <= 2  # the dataset root, or the one folder a zip wraps it in
     return suffix == "txt" or suffix in IMG_FORMATS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from app_server import REPO, AppServer
+from coco_export import export_coco, zipped
 from conftest import copy_tiny_plates
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -79,7 +81,13 @@ def test_compare_on_bus(client, base_name, bus_jpg):
     *images, table, line, result = client.predict(
         base_name, handle_file(bus_jpg), ["license_plate"], 0.25, 0.7, 640, api_name="/compare"
     )
-    assert line == BUS_LINE
+    summary, timing = line.split("  \n")
+    assert summary == BUS_LINE
+    assert re.fullmatch(
+        r"Time for this image \(pre-process, inference, NMS\): base [\d.]+ ms · custom [\d.]+ ms · merged [\d.]+ ms",
+        timing,
+    )
+    assert all(result["timings_ms"][m] > 0 for m in ("base", "custom", "merged"))
     assert [Image.open(p).size for p in images] == [Image.open(bus_jpg).size] * 3
     assert result["base_count"] == result["merged_base_count"] == 4 and result["max_confidence_change"] == 0
     rows = result["detections"]
@@ -87,6 +95,18 @@ def test_compare_on_bus(client, base_name, bus_jpg):
     assert {r["origin"] for r in rows if r["model"] == "custom"} <= {"license_plate"}
     assert table["headers"] == ["model", "origin", "name", "class_id", "confidence", "xyxy"]
     assert len(table["data"]) == len(rows)
+
+
+def test_a_coco_json_zip_is_accepted_and_a_broken_one_refused(client, base_name, plates_dir, tmp_path):
+    archive = zipped(export_coco(plates_dir, tmp_path / "roboflow", layout="roboflow"))
+    summary_md, previews, summary, *_ = client.predict(base_name, handle_file(archive), api_name="/load_dataset")
+    assert summary["names"] == {"0": "license_plate"} and summary["splits"]["train"]["images"] == 12
+    assert "| train | 12 | 12 |" in summary_md and len(previews) == 4
+    broken = export_coco(plates_dir, tmp_path / "broken", layout="coco", counts=(("train", 2), ("val", 1)))
+    path = broken / "annotations" / "instances_train.json"
+    path.write_text(path.read_text().replace('"image_id": 1,', '"image_id": 77,', 1))
+    with pytest.raises(AppError, match="annotation id 100 refers to image id 77, which is not in 'images'"):
+        client.predict(base_name, handle_file(zipped(broken)), api_name="/load_dataset")
 
 
 def test_convert_a_small_dataset_zip(client, plates_zip, tmp_path):

@@ -36,7 +36,7 @@ def base_name(base_weights) -> str:
 
 def still_serving(client, base_name, bus_jpg) -> None:
     line = client.predict(base_name, handle_file(bus_jpg), ["license_plate"], 0.25, 0.7, 640, api_name="/compare")[4]
-    assert line == BUS_LINE
+    assert line.split("  \n")[0] == BUS_LINE
 
 
 def test_widened_head_upload_is_refused(client, base_name, plate_head, tmp_path, bus_jpg):

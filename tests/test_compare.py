@@ -25,6 +25,8 @@ def test_bus_merged_equals_base_and_custom_has_only_head_classes(comparer, plate
     assert result.merged_base_count == result.base_count
     assert result.max_confidence_change == 0 and result.unmatched == 0
     assert "largest confidence change against the base: 0" in result.summary()
+    assert all(result.timings_ms[m] > 0 for m in ("base", "custom", "merged"))  # Ultralytics' per-image speed, ms
+    assert result.timing().startswith("Time for this image (pre-process, inference, NMS): base ")
     by_model = {m: [d for d in result.detections if d.model == m] for m in ("base", "custom", "merged")}
     assert {d.origin for d in by_model["base"]} == {"base"}
     assert {(d.origin, d.name) for d in by_model["custom"]} <= {("plates", "license_plate")}

@@ -1,0 +1,94 @@
+"""COCO JSON datasets: the shared plates exported as COCO (Roboflow and COCO layouts) load as their YOLO originals do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from coco_export import export_coco, zipped
+
+import headkit
+from headkit.labels import DatasetError
+
+
+def boxes_of(plates_dir: Path, split: str, count: int) -> int:
+    images = sorted((plates_dir / "images" / split).glob("*.jpg"))[:count]
+    return sum(len((plates_dir / "labels" / split / f"{p.stem}.txt").read_text().splitlines()) for p in images)
+
+
+@pytest.mark.parametrize("layout", ["roboflow", "coco"])
+def test_coco_export_loads_like_the_yolo_original(tmp_path, plates_dir, layout):
+    source = export_coco(plates_dir, tmp_path / layout, layout=layout)
+    summary = headkit.load_dataset(zipped(source), work_dir=tmp_path / "work")
+    assert summary.names == {0: "license_plate"}
+    assert summary.splits["train"].images == 12 and summary.splits["val"].images == 6
+    assert summary.splits["train"].boxes == boxes_of(plates_dir, "train", 12)
+    assert summary.splits["val"].boxes == boxes_of(plates_dir, "val", 6)
+    # the labels are the original YOLO boxes, up to the 6 decimals written
+    converted = sorted((summary.root / "labels" / "train").glob("*.txt"))[0]
+    original = sorted((plates_dir / "labels" / "train").glob("*.txt"))[0].read_text().split()
+    assert [round(float(v), 4) for v in converted.read_text().split()] == [round(float(v), 4) for v in original]
+
+
+def test_a_folder_converts_and_trains(tmp_path, plates_dir, base):
+    source = export_coco(plates_dir, tmp_path / "coco", layout="coco", counts=(("train", 8), ("val", 4)))
+    summary = headkit.load_dataset(source, work_dir=tmp_path / "work")
+    assert not list(source.rglob("*.txt"))  # the user's folder is never written to
+    result = headkit.train_head(
+        base, summary.yaml_path, epochs=1, imgsz=160, batch=4, device="cpu", workers=0, project=tmp_path / "runs"
+    )
+    assert result.head.names == {0: "license_plate"}
+
+
+def broken(tmp_path: Path, plates_dir: Path, change) -> Path:
+    source = export_coco(plates_dir, tmp_path / "bad", layout="coco", counts=(("train", 4), ("val", 2)))
+    path = source / "annotations" / "instances_train.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return source
+
+
+def _outside(data):
+    data["annotations"][0]["bbox"] = [data["images"][0]["width"] - 5, 10, 50, 20]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["annotations"][0].update(image_id=999), r"annotation id 100 refers to image id 999"),
+        (lambda d: d["annotations"][0].update(category_id=3), r"annotation id 100 has category id 3, which is not"),
+        (_outside, r"annotation id 100: box .* lies outside its image"),
+        (lambda d: d["images"].append(dict(d["images"][0])), r"image id 1 appears twice"),
+        (lambda d: d["annotations"].append(dict(d["annotations"][0])), r"annotation id 100 appears twice"),
+        (lambda d: d["images"][0].update(file_name="missing.jpg"), r"image id 1 'missing.jpg' was not found"),
+        (lambda d: d["images"][0].update(width=4000), r"is \d+x\d+ pixels but the annotations say 4000x"),
+        (lambda d: d["categories"].append({"id": 8, "name": "license_plate"}), r"'license_plate' is used by two"),
+    ],
+)
+def test_bad_annotations_are_refused_naming_the_record(tmp_path, plates_dir, change, message):
+    source = broken(tmp_path, plates_dir, change)
+    with pytest.raises(DatasetError, match=message) as refused:
+        headkit.load_dataset(zipped(source), work_dir=tmp_path / "work")
+    assert "instances_train.json" in str(refused.value)
+    assert not list((tmp_path / "work").iterdir())  # nothing half-written is left
+
+
+def test_malformed_json_names_its_line(tmp_path, plates_dir):
+    source = export_coco(plates_dir, tmp_path / "bad", layout="coco", counts=(("train", 2), ("val", 1)))
+    (source / "annotations" / "instances_val.json").write_text('{"images": [\n  {"id": 1,,}\n]}')
+    with pytest.raises(DatasetError, match=r"instances_val.json, line 2 column \d+: not valid JSON"):
+        headkit.load_dataset(source, work_dir=tmp_path / "work")
+
+
+def test_a_class_named_like_a_base_class_is_reported(tmp_path, plates_dir):
+    source = broken(tmp_path, plates_dir, lambda d: d["categories"][0].update(name="Fall"))
+    for split in ("val",):
+        path = source / "annotations" / f"instances_{split}.json"
+        data = json.loads(path.read_text())
+        data["categories"][0]["name"] = "Fall"
+        path.write_text(json.dumps(data))
+    summary = headkit.load_dataset(source, work_dir=tmp_path / "work", base_names=["Normal", "Fall"])
+    assert summary.names == {0: "Fall"}
+    assert any("'Fall' (id 0) is also a class of the base model" in note for note in summary.warnings)

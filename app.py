@@ -66,6 +66,12 @@ or COCO JSON (`_annotations.coco.json` beside the images, or `annotations/instan
 Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in
 the queue shows on the progress bar. Stop ends the run after the current batch; nothing is saved then."""
 
+VIDEO_COLUMNS = ["class", "detections", "frames"]
+VIDEO_HELP = (
+    f"Up to {LIMITS.max_video_frames:,} frames (about {LIMITS.max_video_frames // 30} s at 30 fps; longer videos are "
+    "refused — trim them first). The merged model (base + the heads chosen above, with the settings above) runs on "
+    "every frame; one video at a time, each frame takes about as long as one Compare."
+)
 MERGE_HELP = """A merged `.pt` with several heads needs **headkit installed** to load (it holds headkit's `ConcatHead`;
 without headkit, Ultralytics would try to `pip install headkit`). **TorchScript** and **ONNX** files run with plain
 `ultralytics.YOLO(path)` anywhere, with the merged class names."""
@@ -234,6 +240,38 @@ def load_head(base: str, file: str | None, address: str, request: gr.Request):
         )
     gr.Info(f"added {headkit.add_head(file or address, roomy_job(request))}")
     return head_outputs(base, request)
+
+
+@user_errors
+def compare_video(
+    base: str,
+    video: str | None,
+    heads: list[str],
+    conf: float,
+    iou: float,
+    imgsz: int,
+    request: gr.Request,
+    progress=gr.Progress(),  # noqa: B008 (Gradio's progress tracker is injected this way)
+):
+    """The merged model on every frame of a video: the annotated video (H.264 mp4) and detections per class."""
+    if not video:
+        raise gr.Error("give a video: upload an .mp4, .webm, .mov or .avi file")
+    model = comparer(base).video_model(heads_for(heads, request), int(imgsz))
+    progress(0, desc="reading the video")
+    result = headkit.annotate_video(
+        model,
+        video,
+        served_folder() / "merged.mp4",
+        conf=conf,
+        iou=iou,
+        imgsz=int(imgsz),
+        progress=lambda done, total: progress(done / total, desc=f"frame {done} of {total}"),
+        limits=LIMITS,
+    )
+    table = pd.DataFrame(result.table(), columns=VIDEO_COLUMNS)
+    found = sum(row["detections"] for row in result.counts.values())
+    line = f"{result.frames} frames at {result.fps:.3g} fps; {found} detections by the merged model"
+    return str(result.path), table, line, result.to_dict()
 
 
 @user_errors
@@ -513,6 +551,17 @@ def build_demo() -> gr.Blocks:
             detections = gr.Dataframe(pd.DataFrame(columns=DETECTION_COLUMNS), label="Detections", interactive=False)
             with gr.Accordion("Result as JSON", open=False):
                 compare_json = gr.JSON()
+            with gr.Accordion("Video: the merged model on every frame", open=False):
+                gr.Markdown(VIDEO_HELP)
+                with gr.Row():
+                    video_in = gr.Video(label="Video", sources=["upload"], height=300, elem_id="in-video")
+                    video_out = gr.Video(label="Merged model, annotated", interactive=False, height=300)
+                run_video = gr.Button("Run on video", variant="primary")
+                video_line = gr.Markdown()
+                video_counts = gr.Dataframe(
+                    pd.DataFrame(columns=VIDEO_COLUMNS), label="Detections per class", interactive=False
+                )
+                video_json = gr.JSON(visible=False)
             with gr.Accordion("Heads as JSON", open=False):
                 heads_json = gr.JSON()
         with gr.Tab("Train"):
@@ -619,6 +668,14 @@ def build_demo() -> gr.Blocks:
             api_name="compare",
             concurrency_id="inference",
             concurrency_limit=4,
+        )
+        run_video.click(
+            compare_video,
+            [base, video_in, heads, conf, iou, imgsz],
+            [video_out, video_counts, video_line, video_json],
+            api_name="compare_video",
+            concurrency_id="video",
+            concurrency_limit=1,
         )
         dataset.upload(
             load_dataset, [base, dataset], [dataset_md, previews, dataset_json, counts], api_name="load_dataset"

@@ -19,6 +19,7 @@ from .settings import Settings
 from .sources import UntrustedSourceError
 from .train import TrainingCancelled, TrainProgress, TrainResult, train_head
 from .trunk import fingerprint
+from .video import VideoResult, annotate_video
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,9 @@ __all__ = [
     "TrainingCancelled",
     "TrainingEstimate",
     "UntrustedSourceError",
+    "VideoResult",
     "add_head",
+    "annotate_video",
     "compare",
     "convert_to_keypoints",
     "estimate_training",

@@ -23,6 +23,7 @@ from ultralytics.utils.metrics import box_iou
 from .headfile import Head
 from .limits import LimitExceeded, Limits
 from .merge import check_output_size, merge
+from .model import clone_model
 from .settings import current_limits
 from .trunk import detection_model
 
@@ -174,6 +175,13 @@ class Comparer:
             while len(self._variants) > self.cache_size:
                 self._variants.popitem(last=False)
         return custom, merged
+
+    def video_model(self, heads: Sequence[Head], imgsz: int):
+        """A merged model of its own for one video run (minutes long), so the cached ones stay free for Compare."""
+        self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
+        classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
+        check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
+        return merge(self.base, *heads) if heads else clone_model(self.base)
 
     def compare(
         self,

@@ -27,6 +27,7 @@ ENV = {
     "max_session_mb": "HEADKIT_MAX_SESSION_MB",
     "max_train_s": "HEADKIT_MAX_TRAIN_S",
     "max_head_mb": "HEADKIT_MAX_HEAD_MB",
+    "max_video_frames": "HEADKIT_MAX_VIDEO_FRAMES",
 }
 
 
@@ -46,6 +47,7 @@ class Limits:
         max_session_mb: disk one app session's job folder may take (uploads, datasets, runs, heads).
         max_train_s: the longest training job the app starts, by its time estimate.
         max_head_mb: size of one head file downloaded from the Hub or uploaded.
+        max_video_frames: frames of one video run through Compare (900: 30 s at 30 fps).
     """
 
     max_classes: int = 1500
@@ -58,6 +60,7 @@ class Limits:
     max_session_mb: float = 4096.0
     max_train_s: float = 4 * 3600.0
     max_head_mb: float = 200.0
+    max_video_frames: int = 900
 
     @classmethod
     def from_mapping(cls, values: dict[str, str]) -> Limits:

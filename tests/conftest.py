@@ -129,3 +129,14 @@ def offline_app(tmp_path_factory, base_weights):
 @pytest.fixture(scope="session")
 def tiny_head(tiny_run):
     return tiny_run[0].head
+
+
+def make_video(path: Path, pictures: list[Path], *, repeat: int = 2, fps: int = 5) -> Path:
+    """A small real video (mp4v, as phones and OpenCV write it) from real photos, 640x480."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
+    for picture in pictures * repeat:
+        writer.write(cv2.resize(cv2.imread(str(picture)), (640, 480)))
+    writer.release()
+    return path

@@ -13,11 +13,12 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import imageio_ffmpeg
 import pytest
 import yaml
 from app_server import REPO, AppServer
 from coco_export import export_coco, zipped
-from conftest import copy_tiny_plates
+from conftest import copy_tiny_plates, make_video
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hub_server import LoopbackHub
@@ -28,7 +29,7 @@ import headkit
 
 ENDPOINTS = {
     "load_model", "list_heads", "load_head", "compare", "load_dataset", "estimate_training", "train_head",
-    "stop_training", "convert_to_keypoints", "merge", "push_head",
+    "stop_training", "convert_to_keypoints", "merge", "push_head", "compare_video",
 }  # fmt: skip
 BUS_LINE = "Merged model: 4 base-class detections (base alone: 4); largest confidence change against the base: 0"
 
@@ -107,6 +108,21 @@ def test_a_coco_json_zip_is_accepted_and_a_broken_one_refused(client, base_name,
     path.write_text(path.read_text().replace('"image_id": 1,', '"image_id": 77,', 1))
     with pytest.raises(AppError, match="annotation id 100 refers to image id 77, which is not in 'images'"):
         client.predict(base_name, handle_file(zipped(broken)), api_name="/load_dataset")
+
+
+def test_compare_video_returns_a_playable_video_and_counts(client, base_name, bus_jpg, plate_images, tmp_path):
+    video = make_video(tmp_path / "street.mp4", [bus_jpg, plate_images[0]])
+    path, table, line, result = client.predict(
+        base_name, handle_file(video), ["license_plate"], 0.25, 0.7, 320, api_name="/compare_video"
+    )
+    assert line.startswith("4 frames at 5 fps;") and result["frames"] == 4
+    assert {row[0] for row in table["data"]} == set(result["counts"]) >= {"Normal", "license_plate"}
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", path], capture_output=True, text=True).stderr
+    assert "Video: h264" in probe and "yuv420p" in probe
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"not a video at all")
+    with pytest.raises(AppError, match="fake.mp4: not a video OpenCV can read"):
+        client.predict(base_name, handle_file(fake), [], 0.25, 0.7, 320, api_name="/compare_video")
 
 
 def test_convert_a_small_dataset_zip(client, plates_zip, tmp_path):

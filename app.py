@@ -36,6 +36,8 @@ BASE = (CLI.parse_known_args()[0].base if __name__ == "__main__" else None) or S
 BASES = list(dict.fromkeys([BASE, *SETTINGS.bases]))
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_HEADS = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+# Compare starts with one head (two plate heads side by side would report the same class twice): the most accurate
+DEFAULT_HEADS = [h for h in SHIPPED_HEADS if h == "license_plate_neck"] or SHIPPED_HEADS[:1]
 EXAMPLES = [str(ASSETS / "bus.jpg"), str(ASSETS / "zidane.jpg")]
 GPU = SETTINGS.zero_gpu or torch.cuda.is_available()
 INFERENCE_DEVICE = "cpu" if SETTINGS.zero_gpu else None  # ZeroGPU attaches a GPU only inside spaces.GPU calls
@@ -203,7 +205,8 @@ def head_outputs(base: str, request: gr.Request, *, reset: bool = False):
     ]
     choices = [(e.label, e.key) for e in entries if e.available]
     shipped = [e.key for e in entries if e.available and e.origin == "shipped"]
-    compare_picker = gr.Dropdown(choices=choices, value=shipped) if reset else gr.Dropdown(choices=choices)
+    chosen = [k for k in shipped if k in DEFAULT_HEADS] or shipped[:1]
+    compare_picker = gr.Dropdown(choices=choices, value=chosen) if reset else gr.Dropdown(choices=choices)
     return [e.to_dict() for e in entries], "\n".join(lines), compare_picker, *[gr.Dropdown(choices=choices)] * 2
 
 
@@ -526,7 +529,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Column():
                     heads = gr.Dropdown(
                         SHIPPED_HEADS,
-                        value=SHIPPED_HEADS,
+                        value=DEFAULT_HEADS,
                         multiselect=True,
                         allow_custom_value=True,
                         label="Heads",
@@ -555,7 +558,9 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown(VIDEO_HELP)
                 with gr.Row():
                     video_in = gr.Video(label="Video", sources=["upload"], height=300, elem_id="in-video")
-                    video_out = gr.Video(label="Merged model, annotated", interactive=False, height=300)
+                    video_out = gr.Video(
+                        label="Merged model, annotated", interactive=False, height=300, elem_id="out-video"
+                    )
                 run_video = gr.Button("Run on video", variant="primary")
                 video_line = gr.Markdown()
                 video_counts = gr.Dataframe(

@@ -131,12 +131,22 @@ def tiny_head(tiny_run):
     return tiny_run[0].head
 
 
-def make_video(path: Path, pictures: list[Path], *, repeat: int = 2, fps: int = 5) -> Path:
-    """A small real video (mp4v, as phones and OpenCV write it) from real photos, 640x480."""
+def make_video(path: Path, pictures: list[Path], *, repeat: int = 2, fps: int = 5, h264: bool = False) -> Path:
+    """A small real video from real photos, 640x480: mp4v as OpenCV writes it, or H.264 as phones record it."""
     import cv2
 
+    frames = [cv2.resize(cv2.imread(str(picture)), (640, 480)) for picture in pictures] * repeat
+    if h264:
+        import imageio_ffmpeg
+
+        writer = imageio_ffmpeg.write_frames(str(path), (640, 480), fps=fps, codec="libx264", pix_fmt_out="yuv420p")
+        writer.send(None)
+        for frame in frames:
+            writer.send(frame[..., ::-1].copy())
+        writer.close()
+        return path
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
-    for picture in pictures * repeat:
-        writer.write(cv2.resize(cv2.imread(str(picture)), (640, 480)))
+    for frame in frames:
+        writer.write(frame)
     writer.release()
     return path

@@ -1,4 +1,5 @@
-"""One real browser: headless Chromium opens the app, runs a Compare example, and the three result images render.
+"""One real browser: headless Chromium opens the app, runs a Compare example (the three result images render) and a
+video (the annotated video the app returns plays: Chromium decodes its frames).
 
 Uses Debian's chromium (`apt-get install chromium`) through Playwright's `executable_path`; set HEADKIT_CHROMIUM to use
 another binary. Without a browser the test is skipped, unless HEADKIT_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -58,7 +59,38 @@ def test_compare_example_renders_three_images(browser, tmp_path, base_weights):
             for selector in RESULTS:
                 page.locator(f"{selector} img").wait_for(timeout=120_000)
             page.get_by_text("largest confidence change against the base: 0").wait_for(timeout=30_000)
+            page.get_by_text("Time for this image (pre-process, inference, NMS): base").wait_for(timeout=30_000)
             sizes = [page.locator(f"{s} img").evaluate("img => [img.complete, img.naturalWidth]") for s in RESULTS]
         finally:
             page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
     assert all(complete and width > 0 for complete, width in sizes), sizes
+
+
+def test_annotated_video_plays_in_the_browser(browser, tmp_path, base_weights, bus_jpg, plate_images):
+    from conftest import make_video
+
+    video = make_video(tmp_path / "street.mp4", [bus_jpg, plate_images[0]], repeat=3, h264=True)  # as a phone
+    env = {"HEADKIT_BASE": str(base_weights), "HF_HUB_OFFLINE": "1"}
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with AppServer(tmp_path / "app", env) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        try:
+            page.goto(server.url)
+            page.get_by_text("Video: the merged model on every frame").click()
+            page.locator("#in-video input[type=file]").set_input_files(str(video))
+            page.locator("#in-video video").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Run on video").click()
+            played = page.locator("#out-video video")
+            played.wait_for(timeout=180_000)
+            page.wait_for_function(
+                "() => { const v = document.querySelector('#out-video video'); return v && v.readyState >= 2; }",
+                timeout=60_000,
+            )
+            state = played.evaluate("v => [v.readyState, v.videoWidth, v.videoHeight, v.duration]")
+            errors = page.get_by_text("Video not playable").count()
+            page.get_by_text("6 frames at 5 fps").wait_for(timeout=30_000)
+        finally:
+            page.screenshot(path=str(SCREENSHOTS / "compare_video.png"), full_page=True)
+    ready, width, height, duration = state
+    assert ready >= 2 and (width, height) == (640, 480) and duration > 1.0, state  # decoded: H.264 plays here
+    assert errors == 0

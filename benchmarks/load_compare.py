@@ -59,6 +59,16 @@ def start_server(base: Path, work: Path, port: int, *, env: Mapping[str, str] | 
     return subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """Terminate the app, waiting up to 30 s before killing it."""
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def wait_until_ready(server: subprocess.Popen, url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -187,12 +197,7 @@ def main() -> int:
                 f"throughput {len(series) / total:.2f} calls/s"
             )
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
 
     missed = []
     if failures or len(latencies) != args.concurrent:

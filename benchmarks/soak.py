@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +45,7 @@ from load_compare import (  # noqa: E402
     percentile,
     run_together,
     start_server,
+    stop_server,
     wait_until_ready,
 )
 
@@ -329,12 +329,7 @@ def main() -> int:
         finally:
             if server.poll() is not None:
                 print(f"the server exited with code {server.returncode}:\n{(tmp / 'server.log').read_text()[-2000:]}")
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
         log = (tmp / "server.log").read_text(errors="replace")
         unexpected = [line for line in log.splitlines() if "unexpected error in" in line]  # app.py's LOGGER.exception
         print(f"server log: {len(unexpected)} unexpected error(s)" + "".join(f"\n  {u[:300]}" for u in unexpected[:5]))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import pytest
 from app_server import REPO, AppServer
+from conftest import make_video
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = REPO / "screenshots"  # git-ignored
@@ -45,52 +47,50 @@ def browser():
         browser.close()
 
 
-def test_compare_example_renders_three_images(browser, tmp_path, base_weights):
+@contextmanager
+def app_page(browser, tmp_path, base_weights, *, height: int, screenshot: str):
+    """The app on loopback, open in a new Chromium page; a full-page screenshot is kept whatever happens."""
     env = {"HEADKIT_BASE": str(base_weights), "HF_HUB_OFFLINE": "1"}
     SCREENSHOTS.mkdir(exist_ok=True)
     with AppServer(tmp_path / "app", env) as server:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": height})
         try:
             page.goto(server.url)
-            page.get_by_text("Examples (shipped with Ultralytics)").wait_for(timeout=60_000)
-            page.locator("button.gallery-item").first.click()  # bus.jpg
-            page.locator("#in-image img").wait_for(timeout=30_000)
-            page.get_by_role("button", name="Compare", exact=True).click()
-            for selector in RESULTS:
-                page.locator(f"{selector} img").wait_for(timeout=120_000)
-            page.get_by_text("largest confidence change against the base: 0").wait_for(timeout=30_000)
-            page.get_by_text("Time for this image (pre-process, inference, NMS): base").wait_for(timeout=30_000)
-            sizes = [page.locator(f"{s} img").evaluate("img => [img.complete, img.naturalWidth]") for s in RESULTS]
+            yield page
         finally:
-            page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
+            page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
+
+
+def test_compare_example_renders_three_images(browser, tmp_path, base_weights):
+    with app_page(browser, tmp_path, base_weights, height=1000, screenshot="compare.png") as page:
+        page.get_by_text("Examples (shipped with Ultralytics)").wait_for(timeout=60_000)
+        page.locator("button.gallery-item").first.click()  # bus.jpg
+        page.locator("#in-image img").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Compare", exact=True).click()
+        for selector in RESULTS:
+            page.locator(f"{selector} img").wait_for(timeout=120_000)
+        page.get_by_text("largest confidence change against the base: 0").wait_for(timeout=30_000)
+        page.get_by_text("Time for this image (pre-process, inference, NMS): base").wait_for(timeout=30_000)
+        sizes = [page.locator(f"{s} img").evaluate("img => [img.complete, img.naturalWidth]") for s in RESULTS]
     assert all(complete and width > 0 for complete, width in sizes), sizes
 
 
 def test_annotated_video_plays_in_the_browser(browser, tmp_path, base_weights, bus_jpg, plate_images):
-    from conftest import make_video
-
     video = make_video(tmp_path / "street.mp4", [bus_jpg, plate_images[0]], repeat=3, h264=True)  # as a phone
-    env = {"HEADKIT_BASE": str(base_weights), "HF_HUB_OFFLINE": "1"}
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with AppServer(tmp_path / "app", env) as server:
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        try:
-            page.goto(server.url)
-            page.get_by_text("Video: the merged model on every frame").click()
-            page.locator("#in-video input[type=file]").set_input_files(str(video))
-            page.locator("#in-video video").wait_for(timeout=60_000)
-            page.get_by_role("button", name="Run on video").click()
-            played = page.locator("#out-video video")
-            played.wait_for(timeout=180_000)
-            page.wait_for_function(
-                "() => { const v = document.querySelector('#out-video video'); return v && v.readyState >= 2; }",
-                timeout=60_000,
-            )
-            state = played.evaluate("v => [v.readyState, v.videoWidth, v.videoHeight, v.duration]")
-            errors = page.get_by_text("Video not playable").count()
-            page.get_by_text("6 frames at 5 fps").wait_for(timeout=30_000)
-        finally:
-            page.screenshot(path=str(SCREENSHOTS / "compare_video.png"), full_page=True)
+    with app_page(browser, tmp_path, base_weights, height=1400, screenshot="compare_video.png") as page:
+        page.get_by_text("Video: the merged model on every frame").click()
+        page.locator("#in-video input[type=file]").set_input_files(str(video))
+        page.locator("#in-video video").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Run on video").click()
+        played = page.locator("#out-video video")
+        played.wait_for(timeout=180_000)
+        page.wait_for_function(
+            "() => { const v = document.querySelector('#out-video video'); return v && v.readyState >= 2; }",
+            timeout=60_000,
+        )
+        state = played.evaluate("v => [v.readyState, v.videoWidth, v.videoHeight, v.duration]")
+        errors = page.get_by_text("Video not playable").count()
+        page.get_by_text("6 frames at 5 fps").wait_for(timeout=30_000)
     ready, width, height, duration = state
     assert ready >= 2 and (width, height) == (640, 480) and duration > 1.0, state  # decoded: H.264 plays here
     assert errors == 0

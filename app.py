@@ -7,6 +7,7 @@ endpoint named after the headkit function it calls; see the README for gradio_cl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import inspect
 import logging
@@ -27,6 +28,9 @@ from PIL import Image
 from ultralytics.utils import ASSETS
 
 import headkit
+from headkit.compare import MODELS as COMPARE_MODELS
+from headkit.finetune import COST_VS_HEAD
+from headkit.train import default_device
 
 LOGGER = logging.getLogger("headkit.app")
 SETTINGS = headkit.Settings.from_env()
@@ -68,6 +72,12 @@ or COCO JSON (`_annotations.coco.json` beside the images, or `annotations/instan
 Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in
 the queue shows on the progress bar. Stop ends the run after the current batch; nothing is saved then."""
 
+FINETUNE_HELP = (
+    "After the head, train a copy of the whole model on the same data, epochs and size, as a plain Ultralytics "
+    f"fine-tune does (about {COST_VS_HEAD:g}× the head's time). Compare then shows it beside the merged model, with "
+    "how many of the base's detections each keeps: the fine-tune forgets the base's classes, the merged model keeps "
+    "them all. Its weights stay in your session as safetensors."
+)
 VIDEO_COLUMNS = ["class", "detections", "frames"]
 VIDEO_HELP = (
     f"Up to {LIMITS.max_video_frames:,} frames (about {LIMITS.max_video_frames // 30} s at 30 fps; longer videos are "
@@ -182,6 +192,13 @@ def heads_for(keys: list[str] | None, request: gr.Request | None) -> list[headki
     return [headkit.load_head_key(k, shipped_dir=WEIGHTS_DIR, job=job(request)) for k in keys or []]
 
 
+def finetuned_for(keys: list[str] | None, request: gr.Request | None) -> Path | None:
+    """The comparison fine-tune kept with the first chosen session head that has one."""
+    work = job(request)
+    names = [k.removeprefix("session/") for k in keys or [] if k.startswith("session/")]
+    return next((path for name in names if (path := work.finetuned(name))), None)
+
+
 def upload(path: str | None, suffix: str, what: str) -> Path:
     if not path:
         raise gr.Error(f"upload {what} first")
@@ -210,12 +227,17 @@ def head_outputs(base: str, request: gr.Request, *, reset: bool = False):
     return [e.to_dict() for e in entries], "\n".join(lines), compare_picker, *[gr.Dropdown(choices=choices)] * 2
 
 
-def estimate(model, train_images: int, val_images: int, epochs: int, imgsz: int) -> headkit.TrainingEstimate:
+def estimate(
+    model, train_images: int, val_images: int, epochs: int, imgsz: int, finetune: bool = False
+) -> headkit.TrainingEstimate:
+    """The head's training time, plus the comparison fine-tune's (COST_VS_HEAD times the head's) when asked."""
     device = "gpu" if GPU else "cpu"
     speed = headkit.seconds_per_image(model, int(imgsz), device=device)
-    return headkit.estimate_training(
+    expected = headkit.estimate_training(
         train_images, val_images, epochs=int(epochs), seconds_per_image=speed, device=device
     )
+    scale = 1 + COST_VS_HEAD if finetune else 1
+    return dataclasses.replace(expected, seconds=expected.seconds * scale, per_epoch_s=expected.per_epoch_s * scale)
 
 
 @user_errors
@@ -282,12 +304,29 @@ def compare(base: str, image: str | None, heads: list[str], conf: float, iou: fl
     if not image:
         raise gr.Error("give an image: upload one or pick an example")
     result = comparer(base).compare(
-        image, heads_for(heads, request), labels=heads or [], conf=conf, iou=iou, imgsz=int(imgsz)
+        image,
+        heads_for(heads, request),
+        labels=heads or [],
+        conf=conf,
+        iou=iou,
+        imgsz=int(imgsz),
+        finetuned=finetuned_for(heads, request),
     )
     table = pd.DataFrame([d.to_dict() for d in result.detections], columns=DETECTION_COLUMNS)
     folder = served_folder()  # one folder per call: identical outputs never share a cache file
-    images = [_save_image(result.images[name], folder / f"{name}.jpg") for name in ("base", "custom", "merged")]
-    return *images, table, f"{result.summary()}  \n{result.timing()}", result.to_dict()
+    base_image, custom, merged, finetuned = (
+        _save_image(result.images[name], folder / f"{name}.jpg") for name in COMPARE_MODELS
+    )
+    line = f"{result.summary()}  \n{result.retention()}  \n{result.timing()}"
+    return (
+        base_image,
+        custom,
+        merged,
+        table,
+        line,
+        result.to_dict(),
+        finetuned,
+    )  # the fine-tune last: older indices hold
 
 
 def _save_image(pixels, path: Path) -> str | None:
@@ -322,11 +361,13 @@ def dataset_markdown(summary: dict) -> str:
 
 
 @user_errors
-def estimate_training(base: str, counts: dict | None, epochs: int, imgsz: int, batch: int):
+def estimate_training(base: str, counts: dict | None, epochs: int, imgsz: int, batch: int, finetune: bool = False):
     if not counts:
         return "Upload a dataset to see how long training takes."
-    expected = estimate(comparer(base).base, counts["train"], counts.get("val", 0), epochs, imgsz)
+    expected = estimate(comparer(base).base, counts["train"], counts.get("val", 0), epochs, imgsz, finetune)
     text = f"Estimated training time: {expected.describe()}."
+    if finetune:
+        text += f" (The head, then the comparison fine-tune: about {COST_VS_HEAD:g}× the head's time.)"
     if expected.seconds > LIMITS.max_train_s:
         text += f"\n\n**Too long for this server** (at most {LIMITS.max_train_s / 3600:g} h): {train_advice()}"
     if SETTINGS.zero_gpu:
@@ -357,11 +398,13 @@ def train_on_device(
     batch: int,
     keypoint_trick: bool,
     branch: str,
+    finetune: bool,
     gpu_seconds: int,
 ):
     """The part of training that needs the accelerator; on ZeroGPU it runs inside one spaces.GPU call."""
     model = comparer(base).base
-    yield from headkit.Job(job_dir).train(
+    work = headkit.Job(job_dir)
+    yield from work.train(
         model,
         data,
         epochs=epochs,
@@ -371,6 +414,9 @@ def train_on_device(
         branch=branch,
         **TRAIN_OPTIONS,
     )
+    if finetune:  # the usual way, for Compare: every layer, the new classes only
+        device = default_device()
+        yield from work.finetune(model, data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, **TRAIN_OPTIONS)
 
 
 if SETTINGS.zero_gpu:
@@ -388,6 +434,7 @@ def train_head(
     batch: int,
     keypoint_trick: bool,
     branch: str = "head",
+    finetune: bool = False,
     request: gr.Request = None,
     progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress tracker by this default)
 ):
@@ -396,7 +443,7 @@ def train_head(
     summary = headkit.load_dataset(
         upload(archive, ".zip", "a dataset zip"), work_dir=work.file("datasets"), base_names=model.names.values()
     )
-    expected = estimate(model, summary.splits["train"].images, summary.splits["val"].images, epochs, imgsz)
+    expected = estimate(model, summary.splits["train"].images, summary.splits["val"].images, epochs, imgsz, finetune)
     LIMITS.check("max_train_s", round(expected.seconds), f"estimated training time ({expected.describe()}) in seconds")
     seconds = headkit.zero_gpu_duration(expected, SETTINGS.zero_gpu_max_s) if SETTINGS.zero_gpu else 0
     history: list[dict] = []
@@ -409,22 +456,49 @@ def train_head(
         int(batch),
         bool(keypoint_trick),
         branch if branch in headkit.BRANCH_CHOICES else "head",
+        bool(finetune),
         seconds,
     )
+    report: dict | None = None  # set once the head is saved; a fine-tune may follow
     try:
         for event in run:
             if isinstance(event, headkit.TrainProgress):
-                progress(event.fraction, desc=f"epoch {event.epoch}/{event.epochs}")
-                if event.kind == "epoch":
+                phase = "fine-tune, " if report else ""
+                progress(event.fraction, desc=f"{phase}epoch {event.epoch}/{event.epochs}")
+                if event.kind == "epoch" and report is None:
                     history += [
                         {"epoch": event.epoch, "metric": name, "value": event.metrics.get(key, 0.0)}
                         for key, name in METRIC_KEYS.items()
                     ]
                     yield f"Epoch {event.epoch}/{event.epochs} done.", pd.DataFrame(history), *[gr.skip()] * 7
-            else:
-                yield trained(base, event, Path(archive).stem, request, history)
+                elif event.kind == "epoch":
+                    yield (
+                        f"Head `{report['head']}` saved. Fine-tuning the whole model for comparison: epoch "
+                        f"{event.epoch}/{event.epochs} done.",
+                        *[gr.skip()] * 8,
+                    )
+            elif isinstance(event, headkit.TrainResult):
+                outputs = trained(base, event, Path(archive).stem, request, history)
+                report = outputs[4]
+                if finetune:
+                    outputs = (f"{outputs[0]} Now fine-tuning the whole model for comparison…", *outputs[1:])
+                yield outputs
+            else:  # the comparison fine-tune
+                job(request).save_finetuned(event.model, report["head"].removeprefix("session/"))
+                report = report | {"finetune": {"mAP50": event.map50, "seconds": round(event.seconds, 1)}}
+                yield (
+                    f"✅ Trained `{report['head']}`, and the whole model fine-tuned the usual way in "
+                    f"{event.seconds:.0f} s (val mAP50 {event.map50:.3f}): Compare shows it beside the merged model "
+                    "when this head is chosen.",
+                    *[gr.skip()] * 3,
+                    report,
+                    *[gr.skip()] * 4,
+                )
     except headkit.TrainingCancelled:
-        yield "Training stopped on request; no head was saved.", gr.skip(), *[gr.skip()] * 7
+        if report:
+            yield f"Fine-tune stopped on request; the head `{report['head']}` is saved.", *[gr.skip()] * 8
+        else:
+            yield "Training stopped on request; no head was saved.", gr.skip(), *[gr.skip()] * 7
 
 
 def trained(base: str, result: headkit.TrainResult, name: str, request: gr.Request, history: list[dict]):
@@ -550,6 +624,9 @@ def build_demo() -> gr.Blocks:
                 out_base = gr.Image(label="Base only", interactive=False, elem_id="out-base")
                 out_custom = gr.Image(label="Custom: trunk + selected heads", interactive=False, elem_id="out-custom")
                 out_merged = gr.Image(label="Merged: base + selected heads", interactive=False, elem_id="out-merged")
+                out_finetuned = gr.Image(
+                    label="Naive fine-tune (when trained with the head)", interactive=False, elem_id="out-finetuned"
+                )
             base_check = gr.Markdown(elem_id="base-check")
             detections = gr.Dataframe(pd.DataFrame(columns=DETECTION_COLUMNS), label="Detections", interactive=False)
             with gr.Accordion("Result as JSON", open=False):
@@ -594,6 +671,11 @@ def build_demo() -> gr.Blocks:
                 )
                 keypoint_trick = gr.Checkbox(
                     label="Keypoint trick (small objects)", info="train on box centres as keypoints, keep the box head"
+                )
+                finetune = gr.Checkbox(
+                    label="Also fine-tune the whole model the usual way, for comparison",
+                    info=FINETUNE_HELP,
+                    elem_id="finetune",
                 )
             estimate = gr.Markdown("Upload a dataset to see how long training takes.")
             with gr.Row():
@@ -669,7 +751,7 @@ def build_demo() -> gr.Blocks:
         run_compare.click(
             compare,
             [base, image, heads, conf, iou, imgsz],
-            [out_base, out_custom, out_merged, detections, base_check, compare_json],
+            [out_base, out_custom, out_merged, detections, base_check, compare_json, out_finetuned],
             api_name="compare",
             concurrency_id="inference",
             concurrency_limit=4,
@@ -686,15 +768,15 @@ def build_demo() -> gr.Blocks:
             load_dataset, [base, dataset], [dataset_md, previews, dataset_json, counts], api_name="load_dataset"
         )
         gr.on(
-            [counts.change, epochs.change, train_size.change, batch.change],
+            [counts.change, epochs.change, train_size.change, batch.change, finetune.change],
             estimate_training,
-            [base, counts, epochs, train_size, batch],
+            [base, counts, epochs, train_size, batch, finetune],
             [estimate],
             api_name="estimate_training",
         )
         train.click(
             train_head,
-            [base, dataset, epochs, train_size, batch, keypoint_trick, branch],
+            [base, dataset, epochs, train_size, batch, keypoint_trick, branch, finetune],
             [status, curve, head_out, metrics_table, train_json, plots, *pickers],
             api_name="train_head",
             concurrency_id="gpu",

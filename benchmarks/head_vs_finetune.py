@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 from ultralytics.utils import ASSETS
-from ultralytics.utils.metrics import box_iou
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import headkit  # noqa: E402
 from headkit.model import clone_model  # noqa: E402
+from headkit.retention import kept_detections, rows_of  # noqa: E402
 from headkit.train import default_device, train_head  # noqa: E402
 from headkit.trunk import detection_model  # noqa: E402
 
@@ -33,21 +33,13 @@ SHARED = REPO.parent / "shared"
 
 
 def retention(model, base, images: list[Path], imgsz: int) -> tuple[int, int]:
-    """(kept, total): base detections the model reproduces with the same class name, box and confidence."""
+    """(kept, total): base detections the model reproduces (headkit.retention's rule, as the app's Compare uses)."""
     kept = total = 0
-    base_names = base.names
     for image in images:
-        ref = base.predict(image, imgsz=imgsz, verbose=False)[0].boxes
-        got = model.predict(image, imgsz=imgsz, max_det=1000, verbose=False)[0].boxes
+        ref = rows_of(base.predict(image, imgsz=imgsz, verbose=False)[0])
+        got = rows_of(model.predict(image, imgsz=imgsz, max_det=1000, verbose=False)[0])
         total += len(ref)
-        names = [model.names[int(c)] for c in got.cls]
-        for box, conf, cls in zip(ref.xyxy, ref.conf, ref.cls, strict=True):
-            same = [i for i, n in enumerate(names) if n == base_names[int(cls)]]
-            if not same:
-                continue
-            iou = box_iou(box[None], got.xyxy[same])[0]
-            best = int(iou.argmax())
-            kept += int(iou[best] >= 0.9 and abs(float(got.conf[same][best]) - float(conf)) <= 1e-4)
+        kept += kept_detections(ref, base.names, got, model.names)
     return kept, total
 
 

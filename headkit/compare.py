@@ -1,7 +1,8 @@
 """Run base / custom / merged on one image, draw each, and report their detections as records.
 
 "custom" is the base trunk with only the chosen heads (the base head dropped); "merged" is the base with its own head
-and the chosen heads side by side. The merged model must reproduce the base's detections exactly: `Comparison`
+and the chosen heads side by side; "finetuned", when given, is the whole base fine-tuned the usual way on a head's data
+(`headkit.finetune`), shown for what it forgets. The merged model must reproduce the base's detections exactly: `Comparison`
 counts its base-class detections and the largest confidence change against the base alone (0 is the right answer).
 """
 
@@ -20,14 +21,16 @@ import torch
 from PIL import Image, ImageOps
 from ultralytics.utils.metrics import box_iou
 
+from .finetune import load_finetuned
 from .headfile import Head
 from .limits import LimitExceeded, Limits
 from .merge import check_output_size, merge
 from .model import clone_model
+from .retention import kept_detections
 from .settings import current_limits
 from .trunk import detection_model
 
-MODELS = ("base", "custom", "merged")
+MODELS = ("base", "custom", "merged", "finetuned")
 MAX_DET = 1000  # far above any real image's count: the per-image cap would otherwise cut base boxes in the merged model
 
 
@@ -57,6 +60,13 @@ class Comparison:
     max_confidence_change: float
     unmatched: int
     timings_ms: dict[str, float | None]
+    kept: dict[str, int]
+
+    def retention(self) -> str:
+        """One line: how many of the base's detections each model keeps unchanged (`headkit.retention`'s rule)."""
+        shown = {"custom": "custom", "merged": "merged", "finetuned": "naive fine-tune"}
+        parts = [f"{shown[name]} {count}/{self.base_count}" for name, count in self.kept.items()]
+        return "Base detections kept unchanged (same class, IoU ≥ 0.9, |Δconf| ≤ 1e-4): " + " · ".join(parts)
 
     def summary(self) -> str:
         """One line: the merged model's base-class detections and their largest confidence change against the base."""
@@ -79,6 +89,7 @@ class Comparison:
             "max_confidence_change": self.max_confidence_change,
             "unmatched": self.unmatched,
             "timings_ms": self.timings_ms,
+            "kept": self.kept,
             "summary": self.summary(),
         }
 
@@ -159,6 +170,7 @@ class Comparer:
         self.cache_size = cache_size
         self._base = _Runner(base)
         self._variants: OrderedDict[tuple[int, ...], tuple[tuple[Head, ...], _Runner, _Runner]] = OrderedDict()
+        self._finetuned: OrderedDict[tuple[str, float], _Runner] = OrderedDict()
         self._lock = threading.Lock()
 
     def variants(self, heads: Sequence[Head]) -> tuple[_Runner, _Runner]:
@@ -176,6 +188,21 @@ class Comparer:
                 self._variants.popitem(last=False)
         return custom, merged
 
+    def finetuned(self, path: str | Path) -> _Runner:
+        """The fine-tuned model saved at `path` (safetensors), loaded once per file version and kept (LRU)."""
+        path = Path(path)
+        key = (str(path), path.stat().st_mtime)
+        with self._lock:
+            if key in self._finetuned:
+                self._finetuned.move_to_end(key)
+                return self._finetuned[key]
+        runner = _Runner(load_finetuned(path))
+        with self._lock:
+            self._finetuned[key] = runner
+            while len(self._finetuned) > self.cache_size:
+                self._finetuned.popitem(last=False)
+        return runner
+
     def video_model(self, heads: Sequence[Head], imgsz: int):
         """A merged model of its own for one video run (minutes long), so the cached ones stay free for Compare."""
         self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
@@ -192,8 +219,13 @@ class Comparer:
         conf: float = 0.25,
         iou: float = 0.7,
         imgsz: int = 640,
+        finetuned: str | Path | None = None,
     ) -> Comparison:
-        """Predict with base, custom (trunk + `heads`) and merged on one image; `labels` name the heads' rows."""
+        """Predict with base, custom (trunk + `heads`) and merged on one image; `labels` name the heads' rows.
+
+        Args:
+            finetuned: a fine-tuned model saved by `headkit.finetune.save_finetuned`, run as a fourth model.
+        """
         if not 0 <= conf <= 1 or not 0 <= iou <= 1:
             raise ValueError(f"confidence and IoU thresholds are fractions in [0, 1], got conf={conf}, iou={iou}")
         if imgsz < 32:
@@ -213,13 +245,19 @@ class Comparer:
             results["merged"] = merged.predict(bgr, **settings)
         else:
             results["merged"] = results["base"]
+        if finetuned is not None:
+            results["finetuned"] = self.finetuned(finetuned).predict(bgr, **settings)
         # Ultralytics' own per-image timings (ms): what each model cost on this image; merged = base without heads
         timings = {name: round(sum(r.speed.values()), 1) for name, r in results.items()}
         images = {name: (r.plot()[..., ::-1].copy() if r is not None else None) for name, r in results.items()}
-        images.setdefault("custom", None)
+        for name in MODELS:
+            images.setdefault(name, None)
         detections, rows = [], {}
         for name, result in results.items():
-            origins = _origins(result.names, [] if name == "base" else list(zip(heads, labels, strict=True)))
+            if name == "finetuned":
+                origins = ["fine-tune"] * len(result.names)
+            else:
+                origins = _origins(result.names, [] if name == "base" else list(zip(heads, labels, strict=True)))
             boxes = result.boxes
             rows[name] = np.concatenate(
                 [boxes.xyxy.numpy(), boxes.conf.numpy()[:, None], boxes.cls.numpy()[:, None]], 1
@@ -231,6 +269,11 @@ class Comparer:
         nb = len(detection_model(self.base).names)
         merged_base = rows["merged"][rows["merged"][:, 5] < nb]
         change, unmatched = confidence_change(rows["base"], merged_base)
+        kept = {
+            name: kept_detections(rows["base"], results["base"].names, rows[name], results[name].names)
+            for name in ("custom", "merged", "finetuned")
+            if name in results
+        }
         return Comparison(
             images={name: images[name] for name in MODELS},
             detections=detections,
@@ -238,7 +281,8 @@ class Comparer:
             merged_base_count=len(merged_base),
             max_confidence_change=change,
             unmatched=unmatched,
-            timings_ms={name: timings.get(name) for name in MODELS},
+            timings_ms={name: timings.get(name) for name in MODELS if name != "finetuned" or name in timings},
+            kept=kept,
         )
 
 

@@ -10,10 +10,11 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .finetune import FineTuneResult, finetune, save_finetuned
 from .headfile import Head
 from .limits import Limits
 from .train import TrainProgress, TrainResult, train_head
@@ -143,6 +144,22 @@ class Job:
         Raises:
             TrainingCancelled: a stop was requested.
         """
+        yield from self._in_thread(train_head, base, data, **kwargs)
+
+    def finetune(self, base, data: str | Path, **kwargs: Any) -> Iterator[TrainProgress | FineTuneResult]:
+        """Run the comparison fine-tune (`headkit.finetune.finetune`) in a thread, like `train`, with the same Stop."""
+        yield from self._in_thread(finetune, base, data, **kwargs)
+
+    def save_finetuned(self, model, name: str) -> Path:
+        """Keep a fine-tuned model for the head `name` (safetensors, in the job; never offered as a pickle)."""
+        return save_finetuned(model, self.file("finetunes", f"{safe_name(name)}.safetensors"))
+
+    def finetuned(self, name: str) -> Path | None:
+        """The fine-tuned model kept for this session's head `name`, if one was trained."""
+        path = self.file("finetunes", f"{safe_name(name)}.safetensors")
+        return path if path.is_file() else None
+
+    def _in_thread(self, work: Callable[..., Any], base, data: str | Path, **kwargs: Any) -> Iterator[Any]:
         (self.path / _STOP_FILE).unlink(missing_ok=True)
         events: queue.Queue = queue.Queue()
         closed = threading.Event()
@@ -150,7 +167,7 @@ class Job:
 
         def run() -> None:
             try:
-                outcome["result"] = train_head(
+                outcome["result"] = work(
                     base,
                     data,
                     project=self.file("runs"),

@@ -79,11 +79,12 @@ def test_load_model_and_list_heads(client, base_name):
 
 
 def test_compare_on_bus(client, base_name, bus_jpg):
-    *images, table, line, result = client.predict(
+    *images, table, line, result, finetuned = client.predict(
         base_name, handle_file(bus_jpg), ["license_plate"], 0.25, 0.7, 640, api_name="/compare"
     )
-    summary, timing = line.split("  \n")
-    assert summary == BUS_LINE
+    summary, kept, timing = line.split("  \n")
+    assert summary == BUS_LINE and finetuned is None  # no fine-tune was trained for a shipped head
+    assert kept == "Base detections kept unchanged (same class, IoU ≥ 0.9, |Δconf| ≤ 1e-4): custom 0/4 · merged 4/4"
     assert re.fullmatch(
         r"Time for this image \(pre-process, inference, NMS\): base [\d.]+ ms · custom [\d.]+ ms · merged [\d.]+ ms",
         timing,
@@ -176,6 +177,26 @@ def test_train_then_compare_merge_and_share_within_the_session(client, app, hub,
     saved = next(app.jobs.glob("*/heads/tiny_plates.safetensors"))
     with pytest.raises(urllib.error.HTTPError, match="403"):
         urllib.request.urlopen(f"{app.url}/gradio_api/file={saved}")
+
+
+def test_forgetting_side_by_side(client, app, base_name, plates_zip, bus_jpg):
+    """Train a head and the usual full fine-tune; Compare shows the fine-tune and counts what each model keeps."""
+    estimate = client.predict(base_name, 1, 160, 4, True, api_name="/estimate_training")
+    assert "comparison fine-tune" in estimate
+    status, *_, report, _plots, _a, _b, _c = client.predict(
+        base_name, handle_file(plates_zip), 1, 160, 4, False, "head", True, api_name="/train_head"
+    )
+    key = report["head"]
+    assert status.startswith(f"✅ Trained `{key}`, and the whole model fine-tuned the usual way")
+    assert set(report["finetune"]) == {"mAP50", "seconds"}
+    assert list(app.jobs.glob(f"*/finetunes/{key.removeprefix('session/')}.safetensors"))  # safetensors, in the job
+    *images, table, line, result, finetuned = client.predict(
+        base_name, handle_file(bus_jpg), [key], 0.25, 0.7, 640, api_name="/compare"
+    )
+    assert Image.open(finetuned).size == Image.open(bus_jpg).size
+    assert line.split("  \n")[1].endswith("custom 0/4 · merged 4/4 · naive fine-tune 0/4")
+    assert result["kept"] == {"custom": 0, "merged": 4, "finetuned": 0}
+    assert {r["origin"] for r in result["detections"] if r["model"] == "finetuned"} <= {"fine-tune"}
 
 
 @pytest.mark.parametrize(

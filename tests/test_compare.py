@@ -34,7 +34,8 @@ def test_bus_merged_equals_base_and_custom_has_only_head_classes(comparer, plate
     merged_base = sorted((d.class_id, d.confidence, d.xyxy) for d in by_model["merged"] if d.origin == "base")
     assert merged_base == sorted((d.class_id, d.confidence, d.xyxy) for d in by_model["base"])
     height, width = read_image(bus_jpg).shape[:2]
-    assert all(image.shape == (height, width, 3) for image in result.images.values())
+    assert all(result.images[m].shape == (height, width, 3) for m in ("base", "custom", "merged"))
+    assert result.images["finetuned"] is None and result.kept == {"custom": 0, "merged": result.base_count}
     assert not np.array_equal(result.images["base"], read_image(bus_jpg))  # boxes were drawn
 
 

@@ -29,7 +29,8 @@ from ultralytics.utils import ASSETS
 
 import headkit
 from headkit.compare import MODELS as COMPARE_MODELS
-from headkit.finetune import COST_VS_HEAD
+from headkit.finetune import COST_VS_HEAD, FineTuneResult
+from headkit.runs import Run, Runs, UserKeys
 from headkit.train import default_device
 
 LOGGER = logging.getLogger("headkit.app")
@@ -78,6 +79,11 @@ FINETUNE_HELP = (
     "how many of the base's detections each keeps: the fine-tune forgets the base's classes, the merged model keeps "
     "them all. Its weights stay in your session as safetensors."
 )
+KEY_HELP = (
+    "This browser keeps a key that names your training runs and heads, so a run goes on when you close the page and "
+    "reopening it shows the run (or its result) again. Scripts: `key, *_ = client.predict('', BASE, "
+    "api_name='/resume')` gets a key (or pass one to pick up its run). Keep it secret: it is the only way to them."
+)
 VIDEO_COLUMNS = ["class", "detections", "frames"]
 VIDEO_HELP = (
     f"Up to {LIMITS.max_video_frames:,} frames (about {LIMITS.max_video_frames // 30} s at 30 fps; longer videos are "
@@ -96,6 +102,9 @@ BRANCH_HELP = (
 
 # Models: each base is loaded once (on first use) and kept, with its merged variants, for every request.
 JOBS = headkit.JobRoot(SETTINGS.jobs_dir, max_age_s=SETTINGS.job_max_age_s)
+RUNS = Runs(slots=1)  # training runs outlive their pages; one trains at a time
+USER_KEYS = UserKeys(Path(SETTINGS.jobs_dir).parent / f"{Path(SETTINGS.jobs_dir).name}-keys")
+OWNERS: dict[str, str] = {}  # session hash -> the job name of the user key it presented
 _COMPARERS: dict[str, headkit.Comparer] = {}
 _FAILURES: dict[str, tuple[float, str]] = {}
 _LOAD_LOCKS: dict[str, threading.Lock] = {}  # one per base: a slow download of one base blocks no other
@@ -164,7 +173,9 @@ def _str_keys(names: dict) -> dict[str, str]:
 
 
 def job(request: gr.Request | None) -> headkit.Job:
-    return JOBS.job(getattr(request, "session_hash", None))
+    """The job of this session: its user key's, once the page or script presented one, else the session's own."""
+    session = getattr(request, "session_hash", None)
+    return JOBS.job(OWNERS.get(session, session) if session else None)
 
 
 def roomy_job(request: gr.Request | None) -> headkit.Job:
@@ -425,6 +436,92 @@ if SETTINGS.zero_gpu:
     train_on_device = spaces.GPU(duration=_gpu_seconds)(train_on_device)
 
 
+@dataclasses.dataclass
+class SavedHead:
+    """Training event: the head was saved into the job (so a run whose page is gone still keeps it)."""
+
+    result: headkit.TrainResult
+    path: Path
+
+
+@dataclasses.dataclass
+class SavedFineTune:
+    """Training event: the comparison fine-tune was saved beside the head."""
+
+    result: FineTuneResult
+
+
+def training_events(job_dir: str, name: str, *args):
+    """train_on_device's events with the results saved into the job as they come (see SavedHead)."""
+    work = headkit.Job(job_dir)
+    saved = None
+    for event in train_on_device(*args):
+        if isinstance(event, headkit.TrainResult):
+            saved = work.save_head(event.head, name)
+            yield SavedHead(event, saved)
+        elif isinstance(event, FineTuneResult):
+            work.save_finetuned(event.model, saved.stem)
+            yield SavedFineTune(event)
+        else:
+            yield event
+
+
+def shown_training(events, base: str, request: gr.Request, *, finetune: bool, progress=None):
+    """The Train tab's outputs for a stream of training events (live, or replayed for a reopened page)."""
+    progress = progress or (lambda *_, **__: None)
+    history: list[dict] = []
+    report: dict | None = None  # set once the head is saved; a fine-tune may follow
+    try:
+        for event in events:
+            if event is None:  # still waiting for the training slot
+                progress(0, desc="waiting for the training slot")
+                yield "Waiting for the training slot (another run is going)…", *[gr.skip()] * 8
+            elif isinstance(event, headkit.TrainProgress):
+                progress(event.fraction, desc=f"{'fine-tune, ' if report else ''}epoch {event.epoch}/{event.epochs}")
+                if event.kind == "epoch" and report is None:
+                    history += [
+                        {"epoch": event.epoch, "metric": name, "value": event.metrics.get(key, 0.0)}
+                        for key, name in METRIC_KEYS.items()
+                    ]
+                    yield f"Epoch {event.epoch}/{event.epochs} done.", pd.DataFrame(history), *[gr.skip()] * 7
+                elif event.kind == "epoch":
+                    yield (
+                        f"Head `{report['head']}` saved. Fine-tuning the whole model for comparison: epoch "
+                        f"{event.epoch}/{event.epochs} done.",
+                        *[gr.skip()] * 8,
+                    )
+            elif isinstance(event, SavedHead):
+                outputs = trained(base, event.result, event.path, request, history)
+                report = outputs[4]
+                if finetune:
+                    outputs = (f"{outputs[0]} Now fine-tuning the whole model for comparison…", *outputs[1:])
+                yield outputs
+            elif isinstance(event, SavedFineTune):
+                result = event.result
+                report = report | {"finetune": {"mAP50": result.map50, "seconds": round(result.seconds, 1)}}
+                yield (
+                    f"✅ Trained `{report['head']}`, and the whole model fine-tuned the usual way in "
+                    f"{result.seconds:.0f} s (val mAP50 {result.map50:.3f}): Compare shows it beside the merged model "
+                    "when this head is chosen.",
+                    *[gr.skip()] * 3,
+                    report,
+                    *[gr.skip()] * 4,
+                )
+    except headkit.TrainingCancelled:
+        if report:
+            yield f"Fine-tune stopped on request; the head `{report['head']}` is saved.", *[gr.skip()] * 8
+        else:
+            yield "Training stopped on request; no head was saved.", gr.skip(), *[gr.skip()] * 7
+
+
+def followed(run: Run):
+    """A run's events from the start, then live; its error, if it failed, raised at the end."""
+    for _, event in run.follow():
+        yield event
+    if run.error is not None:
+        raise run.error
+
+
 @user_errors
 def train_head(
     base: str,
@@ -446,8 +543,7 @@ def train_head(
     expected = estimate(model, summary.splits["train"].images, summary.splits["val"].images, epochs, imgsz, finetune)
     LIMITS.check("max_train_s", round(expected.seconds), f"estimated training time ({expected.describe()}) in seconds")
     seconds = headkit.zero_gpu_duration(expected, SETTINGS.zero_gpu_max_s) if SETTINGS.zero_gpu else 0
-    history: list[dict] = []
-    run = train_on_device(
+    arguments = (
         base,
         str(summary.yaml_path),
         str(work.path),
@@ -459,51 +555,17 @@ def train_head(
         bool(finetune),
         seconds,
     )
-    report: dict | None = None  # set once the head is saved; a fine-tune may follow
-    try:
-        for event in run:
-            if isinstance(event, headkit.TrainProgress):
-                phase = "fine-tune, " if report else ""
-                progress(event.fraction, desc=f"{phase}epoch {event.epoch}/{event.epochs}")
-                if event.kind == "epoch" and report is None:
-                    history += [
-                        {"epoch": event.epoch, "metric": name, "value": event.metrics.get(key, 0.0)}
-                        for key, name in METRIC_KEYS.items()
-                    ]
-                    yield f"Epoch {event.epoch}/{event.epochs} done.", pd.DataFrame(history), *[gr.skip()] * 7
-                elif event.kind == "epoch":
-                    yield (
-                        f"Head `{report['head']}` saved. Fine-tuning the whole model for comparison: epoch "
-                        f"{event.epoch}/{event.epochs} done.",
-                        *[gr.skip()] * 8,
-                    )
-            elif isinstance(event, headkit.TrainResult):
-                outputs = trained(base, event, Path(archive).stem, request, history)
-                report = outputs[4]
-                if finetune:
-                    outputs = (f"{outputs[0]} Now fine-tuning the whole model for comparison…", *outputs[1:])
-                yield outputs
-            else:  # the comparison fine-tune
-                job(request).save_finetuned(event.model, report["head"].removeprefix("session/"))
-                report = report | {"finetune": {"mAP50": event.map50, "seconds": round(event.seconds, 1)}}
-                yield (
-                    f"✅ Trained `{report['head']}`, and the whole model fine-tuned the usual way in "
-                    f"{event.seconds:.0f} s (val mAP50 {event.map50:.3f}): Compare shows it beside the merged model "
-                    "when this head is chosen.",
-                    *[gr.skip()] * 3,
-                    report,
-                    *[gr.skip()] * 4,
-                )
-    except headkit.TrainingCancelled:
-        if report:
-            yield f"Fine-tune stopped on request; the head `{report['head']}` is saved.", *[gr.skip()] * 8
-        else:
-            yield "Training stopped on request; no head was saved.", gr.skip(), *[gr.skip()] * 7
+    name = Path(archive).stem
+    if SETTINGS.zero_gpu:  # the GPU is lent per request there: the run lives as long as this request
+        events = training_events(str(work.path), name, *arguments)
+        yield from shown_training(events, base, request, finetune=finetune, progress=progress)
+        return
+    run = RUNS.start(work.path, lambda: training_events(str(work.path), name, *arguments))
+    yield from shown_training(followed(run), base, request, finetune=finetune, progress=progress)
 
 
-def trained(base: str, result: headkit.TrainResult, name: str, request: gr.Request, history: list[dict]):
-    """Save the new head into the session and show it everywhere at once."""
-    path = job(request).save_head(result.head, name)
+def trained(base: str, result: headkit.TrainResult, path: Path, request: gr.Request, history: list[dict]):
+    """Show the saved head everywhere at once."""
     table = pd.DataFrame([{"class": k, **v} for k, v in result.metrics.items()], columns=METRIC_COLUMNS)
     plots = [(served(p), p.stem) for p in result.plots()]
     report = result.to_dict() | {"names": _str_keys(result.head.names), "head": f"session/{path.stem}"}
@@ -511,6 +573,40 @@ def trained(base: str, result: headkit.TrainResult, name: str, request: gr.Reque
     status = f"✅ Trained `session/{path.stem}` in {result.seconds:.0f} s; it is now selectable in Compare."
     _, _, *pickers = head_outputs(base, request)
     return status, pd.DataFrame(history), served(path), table, report, plots, *pickers
+
+
+@user_errors
+def resume(
+    key: str | None,
+    base: str,
+    request: gr.Request,
+    progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress tracker by this default)
+):
+    """Use the user key (a new one when empty) for this session and show its training run, following it if it runs."""
+    key = (key or "").strip() or USER_KEYS.issue()
+    OWNERS[request.session_hash] = USER_KEYS.owner(key)
+    run = RUNS.get(job(request).path)
+    if run is None:
+        _, _, *pickers = head_outputs(base, request)
+        yield key, "No training run for this key yet.", *[gr.skip()] * 5, *pickers
+        return
+    for outputs in shown_training(followed(run), base, request, finetune=False, progress=progress):
+        yield key, *outputs
+
+
+def resume_page(
+    key: str | None,
+    base: str,
+    request: gr.Request,
+    progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress tracker by this default)
+):
+    """On page load: the key the browser kept (a fresh one if it is unknown here), then as `resume`."""
+    try:
+        USER_KEYS.owner(key or "")
+    except PermissionError:
+        key = None
+    for key_now, *outputs in resume(key, base, request, progress):
+        yield key_now, key_now, *outputs
 
 
 @user_errors
@@ -585,6 +681,8 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="headkit", delete_cache=(3600, int(SETTINGS.job_max_age_s))) as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown()
+        # the user key, in this browser's local storage (outside the tabs: it must load with the page)
+        browser_key = gr.BrowserState(None, storage_key="headkit-user-key", secret=SETTINGS.browser_secret)
         with gr.Row():
             base = gr.Dropdown([(display(b), b) for b in BASES], value=BASE, label="Base model")
             base_info = gr.JSON(label="Base", visible=False)
@@ -684,13 +782,18 @@ def build_demo() -> gr.Blocks:
             status = gr.Markdown()
             curve = gr.LinePlot(x="epoch", y="value", color="metric", label="Validation metrics per epoch", height=260)
             with gr.Row():
-                head_out = gr.File(label="Trained head (.safetensors)")
+                head_out = gr.File(label="Trained head (.safetensors)", elem_id="head-out")
                 metrics_table = gr.Dataframe(
                     pd.DataFrame(columns=METRIC_COLUMNS), label="Metrics (val)", interactive=False
                 )
             plots = gr.Gallery(label="Ultralytics plots", columns=4, height=260)
             with gr.Accordion("Training result as JSON", open=False):
                 train_json = gr.JSON()
+            with gr.Accordion("Your key: runs and heads that outlive this page", open=False):
+                gr.Markdown(KEY_HELP)
+                with gr.Row():
+                    user_key = gr.Textbox(label="User key", type="password", elem_id="user-key", scale=4)
+                    use_key = gr.Button("Use this key", scale=1)
         with gr.Tab("Keypoint converter"):
             gr.Markdown("Box labels → one keypoint per box at its centre, for the keypoint trick in other tools.")
             kp_in = gr.File(label="Dataset (.zip)", type="filepath")
@@ -784,6 +887,18 @@ def build_demo() -> gr.Blocks:
             show_progress_on=[status],
         )
         stop.click(stop_training, None, [status], api_name="stop_training", concurrency_limit=None)
+        training_outputs = [status, curve, head_out, metrics_table, train_json, plots, *pickers]
+        demo.load(
+            resume_page,
+            [browser_key, base],
+            [browser_key, user_key, *training_outputs],
+            api_visibility="private",
+            show_progress_on=[status],
+        )
+        use_key.click(
+            resume, [user_key, base], [user_key, *training_outputs], api_name="resume", show_progress_on=[status]
+        )
+        user_key.change(lambda key: key, [user_key], [browser_key], api_visibility="private")
         convert.click(convert_to_keypoints, [kp_in], [kp_out, kp_json], api_name="convert_to_keypoints")
         merge_btn.click(
             merge,

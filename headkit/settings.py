@@ -36,6 +36,8 @@ class Settings:
         zero_gpu_max_s: the longest single ZeroGPU call the app asks for (`HEADKIT_ZEROGPU_MAX_S`, default 120 s).
         oauth: "Sign in with Hugging Face" is configured (`OAUTH_CLIENT_ID`, set on Spaces with `hf_oauth: true`).
         limits: resource limits (`HEADKIT_MAX_*`, see `headkit.limits.ENV`).
+        browser_secret: encrypts the user key each browser keeps (`HEADKIT_BROWSER_SECRET`); None: a new one per
+            server start, so browsers get new keys after a restart.
     """
 
     weights_dirs: tuple[Path, ...] = ()
@@ -52,6 +54,7 @@ class Settings:
     zero_gpu_max_s: float = 120.0
     oauth: bool = False
     limits: Limits = field(default_factory=Limits)
+    browser_secret: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,6 +78,7 @@ class Settings:
             zero_gpu_max_s=float(os.environ.get("HEADKIT_ZEROGPU_MAX_S", 120)),
             oauth=bool(os.environ.get("OAUTH_CLIENT_ID")),
             limits=Limits.from_mapping(dict(os.environ)),
+            browser_secret=os.environ.get("HEADKIT_BROWSER_SECRET") or None,
         )
 
 

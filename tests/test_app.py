@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -29,7 +30,7 @@ import headkit
 
 ENDPOINTS = {
     "load_model", "list_heads", "load_head", "compare", "load_dataset", "estimate_training", "train_head",
-    "stop_training", "convert_to_keypoints", "merge", "push_head", "compare_video",
+    "stop_training", "convert_to_keypoints", "merge", "push_head", "compare_video", "resume",
 }  # fmt: skip
 BUS_LINE = "Merged model: 4 base-class detections (base alone: 4); largest confidence change against the base: 0"
 
@@ -177,6 +178,53 @@ def test_train_then_compare_merge_and_share_within_the_session(client, app, hub,
     saved = next(app.jobs.glob("*/heads/tiny_plates.safetensors"))
     with pytest.raises(urllib.error.HTTPError, match="403"):
         urllib.request.urlopen(f"{app.url}/gradio_api/file={saved}")
+
+
+def test_a_run_outlives_its_client_and_is_found_again_with_the_key(app, base_name, plates_zip, bus_jpg):
+    first = Client(app.url, verbose=False)
+    key, message, *_ = first.predict("", base_name, api_name="/resume")
+    assert len(key) >= 30 and message == "No training run for this key yet."
+    job = first.submit(base_name, handle_file(plates_zip), 6, 160, 4, False, "head", api_name="/train_head")
+    deadline = time.monotonic() + 120
+    while not any(str(update[0]).startswith("Epoch 1/6 done") for update in job.outputs()):
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.2)
+    job.cancel()  # the script goes away mid-run
+    first.close()
+
+    again = Client(app.url, verbose=False)  # later, elsewhere: a new session with the same key
+    returned, status, curve, head_file, metrics, report, *_ = again.predict(key, base_name, api_name="/resume")
+    assert returned == key and status.startswith("✅ Trained `session/tiny_plates") and report["head"] in status
+    assert sorted({row[0] for row in curve["data"]}) == [1, 2, 3, 4, 5, 6]  # the whole run, replayed
+    assert headkit.load_head(head_file).names == {0: "license_plate"}
+    assert report["head"] in [h["key"] for h in again.predict(base_name, api_name="/list_heads")[0]]
+    line = again.predict(base_name, handle_file(bus_jpg), [report["head"]], 0.25, 0.7, 320, api_name="/compare")[4]
+    assert "largest confidence change against the base: 0" in line
+
+    stranger = Client(app.url, verbose=False)
+    with pytest.raises(AppError, match="unknown user key: this server did not issue it"):
+        stranger.predict("not-a-key-this-server-issued-0123456789", base_name, api_name="/resume")
+    assert report["head"] not in [h["key"] for h in stranger.predict(base_name, api_name="/list_heads")[0]]
+
+
+def test_stop_works_from_a_reopened_session(app, base_name, plates_zip):
+    first = Client(app.url, verbose=False)
+    key = first.predict("", base_name, api_name="/resume")[0]
+    job = first.submit(base_name, handle_file(plates_zip), 100, 160, 4, False, "head", api_name="/train_head")
+    deadline = time.monotonic() + 120
+    while not any(str(update[0]).startswith("Epoch 1/100 done") for update in job.outputs()):
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.2)
+    job.cancel()
+    first.close()
+    again = Client(app.url, verbose=False)
+    follow = again.submit(key, base_name, api_name="/resume")
+    while not follow.outputs():  # the first update: this session now uses the key
+        assert time.monotonic() < deadline + 60
+        time.sleep(0.1)
+    assert again.predict(api_name="/stop_training") == "Stopping after the current batch…"
+    status = follow.result()[1]
+    assert status == "Training stopped on request; no head was saved."
 
 
 def test_forgetting_side_by_side(client, app, base_name, plates_zip, bus_jpg):

@@ -94,3 +94,28 @@ def test_annotated_video_plays_in_the_browser(browser, tmp_path, base_weights, b
     ready, width, height, duration = state
     assert ready >= 2 and (width, height) == (640, 480) and duration > 1.0, state  # decoded: H.264 plays here
     assert errors == 0
+
+
+def test_a_run_survives_a_page_reload(browser, tmp_path, base_weights, plates_dir):
+    """Start training, reload the page: the reopened page shows the same run and then its finished head."""
+    import shutil as files
+
+    from conftest import copy_tiny_plates
+
+    copy_tiny_plates(plates_dir, tmp_path / "zip" / "tiny_plates")
+    archive = files.make_archive(str(tmp_path / "tiny_plates"), "zip", tmp_path / "zip", "tiny_plates")
+    with app_page(browser, tmp_path, base_weights, height=1400, screenshot="train_reload.png") as page:
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#dataset input[type=file]").set_input_files(archive)
+        page.get_by_text("Estimated training time").wait_for(timeout=60_000)
+        for slider, value in (("#epochs", "8"), ("#train-size", "160"), ("#batch", "4")):
+            number = page.locator(f"{slider} input[type=number]")
+            number.fill(value)
+            number.press("Enter")
+        page.get_by_role("button", name="Train", exact=True).click()
+        page.get_by_text("Epoch 1/8 done.").wait_for(timeout=120_000)
+        page.reload()
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_text("it is now selectable in Compare").wait_for(timeout=180_000)  # the same run, finished
+        head = page.locator("#head-out").inner_text(timeout=30_000)
+    assert "tiny_plates\n.safetensors" in head  # the head, ready to download (name and extension shown apart)

@@ -468,7 +468,7 @@ def training_events(job_dir: str, name: str, *args):
 
 def shown_training(events, base: str, request: gr.Request, *, finetune: bool, progress=None):
     """The Train tab's outputs for a stream of training events (live, or replayed for a reopened page)."""
-    progress = progress or (lambda *_, **__: None)
+    progress = (lambda *_, **__: None) if progress is None else progress
     history: list[dict] = []
     report: dict | None = None  # set once the head is saved; a fine-tune may follow
     try:

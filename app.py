@@ -442,6 +442,7 @@ class SavedHead:
 
     result: headkit.TrainResult
     path: Path
+    finetune_next: bool  # a comparison fine-tune follows
 
 
 @dataclasses.dataclass
@@ -451,14 +452,14 @@ class SavedFineTune:
     result: FineTuneResult
 
 
-def training_events(job_dir: str, name: str, *args):
+def training_events(job_dir: str, name: str, *args, finetune: bool):
     """train_on_device's events with the results saved into the job as they come (see SavedHead)."""
     work = headkit.Job(job_dir)
     saved = None
     for event in train_on_device(*args):
         if isinstance(event, headkit.TrainResult):
             saved = work.save_head(event.head, name)
-            yield SavedHead(event, saved)
+            yield SavedHead(event, saved, finetune)
         elif isinstance(event, FineTuneResult):
             work.save_finetuned(event.model, saved.stem)
             yield SavedFineTune(event)
@@ -466,7 +467,7 @@ def training_events(job_dir: str, name: str, *args):
             yield event
 
 
-def shown_training(events, base: str, request: gr.Request, *, finetune: bool, progress=None):
+def shown_training(events, base: str, request: gr.Request, *, progress=None):
     """The Train tab's outputs for a stream of training events (live, or replayed for a reopened page)."""
     progress = (lambda *_, **__: None) if progress is None else progress
     history: list[dict] = []
@@ -493,7 +494,7 @@ def shown_training(events, base: str, request: gr.Request, *, finetune: bool, pr
             elif isinstance(event, SavedHead):
                 outputs = trained(base, event.result, event.path, request, history)
                 report = outputs[4]
-                if finetune:
+                if event.finetune_next:
                     outputs = (f"{outputs[0]} Now fine-tuning the whole model for comparison…", *outputs[1:])
                 yield outputs
             elif isinstance(event, SavedFineTune):
@@ -555,13 +556,13 @@ def train_head(
         bool(finetune),
         seconds,
     )
-    name = Path(archive).stem
-    if SETTINGS.zero_gpu:  # the GPU is lent per request there: the run lives as long as this request
-        events = training_events(str(work.path), name, *arguments)
-        yield from shown_training(events, base, request, finetune=finetune, progress=progress)
-        return
-    run = RUNS.start(work.path, lambda: training_events(str(work.path), name, *arguments))
-    yield from shown_training(followed(run), base, request, finetune=finetune, progress=progress)
+
+    def events():
+        return training_events(str(work.path), Path(archive).stem, *arguments, finetune=bool(finetune))
+
+    # On ZeroGPU the GPU is lent per request: there the run lives as long as this request
+    source = events() if SETTINGS.zero_gpu else followed(RUNS.start(work.path, events))
+    yield from shown_training(source, base, request, progress=progress)
 
 
 def trained(base: str, result: headkit.TrainResult, path: Path, request: gr.Request, history: list[dict]):
@@ -590,7 +591,7 @@ def resume(
         _, _, *pickers = head_outputs(base, request)
         yield key, "No training run for this key yet.", *[gr.skip()] * 5, *pickers
         return
-    for outputs in shown_training(followed(run), base, request, finetune=False, progress=progress):
+    for outputs in shown_training(followed(run), base, request, progress=progress):
         yield key, *outputs
 
 

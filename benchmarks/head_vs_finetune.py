@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -24,10 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import headkit  # noqa: E402
-from headkit.model import clone_model  # noqa: E402
+from headkit.finetune import finetune  # noqa: E402
 from headkit.retention import kept_detections, rows_of  # noqa: E402
 from headkit.train import default_device, train_head  # noqa: E402
-from headkit.trunk import detection_model  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 
@@ -85,16 +83,11 @@ def main() -> int:
             "retention": retention(merged, base, images, args.imgsz),
         }
 
-    finetune = clone_model(base)
-    finetune.ckpt = {"model": detection_model(finetune)}  # start from the base's weights, every layer trainable
-    started = time.perf_counter()
-    finetune.train(
-        data=str(data), project=str(project), name="finetune", exist_ok=True, plots=False, verbose=False, **common
-    )
+    tuned = finetune(base, data, project=project, **common)  # the same full fine-tune the app's Train offers
     rows["full fine-tune"] = tune = {
-        "wall_s": time.perf_counter() - started,
-        "mAP50_mAP50-95": val_map(finetune, data, args.imgsz, args.batch, device, project, "val_finetune"),
-        "retention": retention(finetune, base, images, args.imgsz),
+        "wall_s": tuned.seconds,
+        "mAP50_mAP50-95": val_map(tuned.model, data, args.imgsz, args.batch, device, project, "val_finetune"),
+        "retention": retention(tuned.model, base, images, args.imgsz),
     }
 
     print(

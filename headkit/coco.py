@@ -129,10 +129,9 @@ def _image_path(record: dict, source: Path, split: str) -> Path | None:
     return next((folder / name for folder in folders if (folder / name).is_file()), None)
 
 
-def read_split(source: Path, root: Path, class_of: dict[int, int], limits: Limits) -> CocoSplit:
-    """Check one annotation file against its images and turn its boxes into YOLO label lines."""
+def read_split(source: Path, data: dict, root: Path, class_of: dict[int, int], limits: Limits) -> CocoSplit:
+    """Check one annotation file (`data`, as `_load_json` read it) against its images; its boxes as YOLO lines."""
     where = str(source.relative_to(root))
-    data = _load_json(source, where)
     split = _split_of(source, root)
     images = _ids(data["images"], "image", where)
     _ids(data["annotations"], "annotation", where)
@@ -204,7 +203,11 @@ def convert_coco(root: Path, out: Path, *, limits: Limits) -> tuple[Path, list[s
     first = _load_json(files[0], str(files[0].relative_to(root)))
     categories = read_categories(first, str(files[0].relative_to(root)), limits)
     class_of = {category: n for n, category in enumerate(sorted(categories))}
-    splits = [read_split(path, root, class_of, limits) for path in files]
+    splits = [  # each file is read once; the first already was, for the categories
+        read_split(path, first if path == files[0] else _load_json(path, str(path.relative_to(root))), root,
+                   class_of, limits)
+        for path in files
+    ]  # fmt: skip
     seen: dict[str, Path] = {}
     for part in splits:
         if part.split in seen:

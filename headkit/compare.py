@@ -26,7 +26,7 @@ from .headfile import Head
 from .limits import LimitExceeded, Limits
 from .merge import check_output_size, merge
 from .model import clone_model
-from .retention import kept_detections
+from .retention import kept_detections, rows_of
 from .settings import current_limits
 from .trunk import detection_model
 
@@ -258,10 +258,7 @@ class Comparer:
                 origins = ["fine-tune"] * len(result.names)
             else:
                 origins = _origins(result.names, [] if name == "base" else list(zip(heads, labels, strict=True)))
-            boxes = result.boxes
-            rows[name] = np.concatenate(
-                [boxes.xyxy.numpy(), boxes.conf.numpy()[:, None], boxes.cls.numpy()[:, None]], 1
-            )
+            rows[name] = rows_of(result)
             for x1, y1, x2, y2, score, cls in rows[name]:
                 c = int(cls)
                 box = (float(x1), float(y1), float(x2), float(y2))

@@ -28,6 +28,15 @@ ENV = {
     "max_train_s": "HEADKIT_MAX_TRAIN_S",
     "max_head_mb": "HEADKIT_MAX_HEAD_MB",
     "max_video_frames": "HEADKIT_MAX_VIDEO_FRAMES",
+    "max_video_pixels": "HEADKIT_MAX_VIDEO_PIXELS",
+    "max_video_s": "HEADKIT_MAX_VIDEO_S",
+    "max_boxes_per_image": "HEADKIT_MAX_BOXES_PER_IMAGE",
+    "max_json_mb": "HEADKIT_MAX_JSON_MB",
+    "max_json_records": "HEADKIT_MAX_JSON_RECORDS",
+    "max_queued_runs": "HEADKIT_MAX_QUEUED_RUNS",
+    "max_queued_runs_per_client": "HEADKIT_MAX_QUEUED_RUNS_PER_CLIENT",
+    "max_kept_runs": "HEADKIT_MAX_KEPT_RUNS",
+    "max_server_mb": "HEADKIT_MAX_SERVER_MB",
 }
 
 
@@ -48,6 +57,16 @@ class Limits:
         max_train_s: the longest training job the app starts, by its time estimate.
         max_head_mb: size of one head file downloaded from the Hub or uploaded.
         max_video_frames: frames of one video run through Compare (900: 30 s at 30 fps).
+        max_video_pixels: width x height of one video frame (4K UHD, 3840 x 2160, fits).
+        max_video_s: wall time one video call may run before it is stopped.
+        max_boxes_per_image: boxes of one image's labels (crowd scenes reach a few hundred).
+        max_json_mb: size of one JSON file (COCO annotations) read from an upload.
+        max_json_records: objects and arrays in one JSON file (COCO images + annotations + categories), counted
+            before it is parsed.
+        max_queued_runs: training runs waiting for the training slot, all clients together.
+        max_queued_runs_per_client: runs one client (user key) may have waiting or running at once.
+        max_kept_runs: finished runs whose records the server keeps for reconnecting pages.
+        max_server_mb: disk the whole server's job folders and served outputs may take together.
     """
 
     max_classes: int = 1500
@@ -61,6 +80,15 @@ class Limits:
     max_train_s: float = 4 * 3600.0
     max_head_mb: float = 200.0
     max_video_frames: int = 900
+    max_video_pixels: int = 3840 * 2160
+    max_video_s: float = 900.0
+    max_boxes_per_image: int = 1000
+    max_json_mb: float = 128.0
+    max_json_records: int = 1_000_000
+    max_queued_runs: int = 8
+    max_queued_runs_per_client: int = 1
+    max_kept_runs: int = 64
+    max_server_mb: float = 20480.0
 
     @classmethod
     def from_mapping(cls, values: dict[str, str]) -> Limits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .archive import ArchiveError
 from .budget import TrainingEstimate, estimate_training, seconds_per_image, zero_gpu_duration
 from .catalog import HeadEntry, add_head, list_heads, load_head_key, refuse_pickle
 from .compare import Comparer, Comparison, Detection, compare, label_previews
@@ -10,8 +11,9 @@ from .export import ExportedModel, export_merged
 from .headfile import Head, extract_head, load_head
 from .hub import push_head, render_model_card
 from .jobs import Job, JobRoot
-from .keypoints import ConversionSummary, convert_to_keypoints
+from .keypoints import ConversionSummary, convert_to_keypoints, pose_to_detect
 from .kinds import BRANCH_CHOICES, HeadKind
+from .labels import DatasetError
 from .limits import LimitExceeded, Limits
 from .merge import ConcatHead, merge
 from .model import load_model
@@ -24,6 +26,8 @@ from .video import VideoResult, annotate_video
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveError",
+    "DatasetError",
     "BRANCH_CHOICES",
     "Comparer",
     "Comparison",
@@ -61,6 +65,7 @@ __all__ = [
     "load_head_key",
     "load_model",
     "merge",
+    "pose_to_detect",
     "push_head",
     "refuse_pickle",
     "render_model_card",

@@ -167,3 +167,22 @@ def test_unknown_format_refused_before_merging(tmp_path, base, plate_head):
     with pytest.raises(ValueError, match="unknown export format.*'engine'.*pt, torchscript, onnx"):
         headkit.export_merged(base, [plate_head], tmp_path, formats=("engine",))
     assert not any(tmp_path.iterdir())
+
+
+def test_a_merged_models_own_export_is_named_for_it_and_never_overwrites_the_bases(
+    base_weights, plate_head, tmp_path, monkeypatch
+):
+    """`merged.export()` (Ultralytics' own call) names the file after the merged model, in the working directory."""
+    shelf = tmp_path / "shelf"  # where the base's weights and its own export live
+    shelf.mkdir()
+    (shelf / base_weights.name).write_bytes(base_weights.read_bytes())
+    base_export = shelf / f"{base_weights.stem}.torchscript"
+    base_export.write_bytes(b"the base's own export")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    merged = headkit.merge(headkit.load_model(shelf / base_weights.name), plate_head)
+    written = merged.export(format="torchscript", imgsz=IMGSZ, verbose=False)
+    assert written == str(work / f"{base_weights.stem}+license_plate.torchscript")
+    assert base_export.read_bytes() == b"the base's own export"
+    assert sorted(p.name for p in shelf.iterdir()) == sorted([base_weights.name, base_export.name])

@@ -1,0 +1,30 @@
+"""The README is the API's documentation: every `headkit.<name>` it uses is importable, and so is every exception
+type it tells users to catch."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import headkit
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+
+
+def test_every_name_the_readme_uses_is_importable_from_headkit():
+    used = set(re.findall(r"\bheadkit\.([A-Za-z_]\w*)\b(?!/)", README))
+    used -= {"head"}  # `headkit.head/1`, `headkit.head/2`: file format names, not Python names
+    assert used, "the README shows no headkit call"
+    missing = sorted(name for name in used if not hasattr(headkit, name))
+    assert not missing, f"README uses headkit.{missing} but headkit does not export them"
+    assert {"pose_to_detect", "load_dataset", "merge", "train_head"} <= used
+
+
+def test_every_exception_the_readme_lists_is_exported_and_is_a_builtin_subclass():
+    section = README.split("### Errors", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`headkit\.(\w+)`", section))
+    assert {"DatasetError", "LimitExceeded", "UntrustedSourceError", "TrainingCancelled", "ArchiveError"} <= listed
+    for name in listed:
+        error = getattr(headkit, name)
+        assert isinstance(error, type) and issubclass(error, Exception) and name in headkit.__all__
+        assert error.__mro__[1] in (ValueError, PermissionError, RuntimeError) or issubclass(error, ValueError)

@@ -1,6 +1,7 @@
 """headkit's web app (also a Hugging Face Space): compare, train, convert, merge and share extra YOLO detection heads.
 
-Run `python app.py` (base from HEADKIT_BASE or `--base`, default yolov8n.pt from the Hub). Every event is also an API
+Run `python app.py` (base from HEADKIT_BASE or `--base`; default the embedded yolov8s-fall base in weights/bases/,
+no network needed). Every event is also an API
 endpoint named after the headkit function it calls; see the README for gradio_client examples.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -29,21 +31,28 @@ from ultralytics.utils import ASSETS
 
 import headkit
 from headkit.compare import MODELS as COMPARE_MODELS
-from headkit.finetune import COST_VS_HEAD, FineTuneResult
-from headkit.runs import Run, Runs, UserKeys
+from headkit.finetune import COST_VS_HEAD
+from headkit.keys import UserKeys
+from headkit.runs import Run, Runs, RunStopped, SavedFineTune, SavedHead, saved
 from headkit.train import default_device
 
 LOGGER = logging.getLogger("headkit.app")
 SETTINGS = headkit.Settings.from_env()
 CLI = argparse.ArgumentParser(description="headkit web app", epilog="Gradio reads GRADIO_SERVER_NAME/PORT too.")
-CLI.add_argument("--base", help="base model: a local .pt, a bare name like yolov8n.pt, or hf://owner/repo/file.pt")
+CLI.add_argument(
+    "--base",
+    help="base model: a local .pt or base .safetensors, a bare name like yolov8n.pt, or hf://owner/repo/file.pt",
+)
 BASE = (CLI.parse_known_args()[0].base if __name__ == "__main__" else None) or SETTINGS.base
 BASES = list(dict.fromkeys([BASE, *SETTINGS.bases]))
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_HEADS = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 # Compare starts with one head (two plate heads side by side would report the same class twice): the most accurate
 DEFAULT_HEADS = [h for h in SHIPPED_HEADS if h == "license_plate_neck"] or SHIPPED_HEADS[:1]
-EXAMPLES = [str(ASSETS / "bus.jpg"), str(ASSETS / "zidane.jpg")]
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# First a composite headkit makes (tools/make_demo_assets.py): bus.jpg with a drawn plate the shipped head finds
+EXAMPLES = [str(EXAMPLES_DIR / "bus_plate.jpg"), str(ASSETS / "bus.jpg"), str(ASSETS / "zidane.jpg")]
+VIDEO_EXAMPLES = [str(EXAMPLES_DIR / "bus_plate.mp4")]
 GPU = SETTINGS.zero_gpu or torch.cuda.is_available()
 INFERENCE_DEVICE = "cpu" if SETTINGS.zero_gpu else None  # ZeroGPU attaches a GPU only inside spaces.GPU calls
 TRAIN_OPTIONS = {} if GPU else {"workers": 0}  # on CPU, loader processes would only compete with training
@@ -63,15 +72,17 @@ INTRO = """# headkit — teach YOLO new classes without touching old weights
 A new class gets its own Detect head, trained on the base's frozen trunk and merged beside the base head: every base
 detection stays exactly as it was. **Compare** base / custom / merged on an image, **Train** a head on your dataset,
 convert boxes to **keypoints** for small objects, **Merge & share** the result."""
-NO_BASE = """### Base model `{base}` is not available
-{error}
-
-Point the app at a local checkpoint: `HEADKIT_BASE=/path/to/model.pt python app.py`, or
-`python app.py --base /path/to/model.pt` (or put the file in a folder named by `HEADKIT_WEIGHTS_DIR`)."""
+NO_BASE = (  # plain text: it shows in a toast and in the banner alike
+    "Base model {base} is not available: {error}. Point the app at a local checkpoint: "
+    "HEADKIT_BASE=/path/to/model.pt python app.py (or --base /path/to/model.pt, or put the file in a folder named "
+    "by HEADKIT_WEIGHTS_DIR)."
+)
 TRAIN_HELP = """Upload a detection dataset as a **.zip**: YOLO (Ultralytics or Roboflow layout, with data.yaml or classes.txt)
-or COCO JSON (`_annotations.coco.json` beside the images, or `annotations/instances_<split>.json`).
+or COCO JSON (Roboflow, COCO, CVAT or Label Studio exports: any JSON file with images, annotations and categories).
+Without a val split, one is set aside from the train images (the same images every time) and the summary says so.
 Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in
-the queue shows on the progress bar. Stop ends the run after the current batch; nothing is saved then."""
+the queue shows on the progress bar. Stop ends the run after the current batch (or takes a waiting run out of the
+line); nothing is saved then."""
 
 FINETUNE_HELP = (
     "After the head, train a copy of the whole model on the same data, epochs and size, as a plain Ultralytics "
@@ -84,11 +95,20 @@ KEY_HELP = (
     "reopening it shows the run (or its result) again. Scripts: `key, *_ = client.predict('', BASE, "
     "api_name='/resume')` gets a key (or pass one to pick up its run). Keep it secret: it is the only way to them."
 )
-VIDEO_COLUMNS = ["class", "detections", "frames"]
+VIDEO_COLUMNS = ["class", "detections", "frames", "objects"]
 VIDEO_HELP = (
-    f"Up to {LIMITS.max_video_frames:,} frames (about {LIMITS.max_video_frames // 30} s at 30 fps; longer videos are "
-    "refused — trim them first). The merged model (base + the heads chosen above, with the settings above) runs on "
-    "every frame; one video at a time, each frame takes about as long as one Compare."
+    f"Up to {LIMITS.max_video_frames:,} frames (about {LIMITS.max_video_frames // 30} s at 30 fps) of up to "
+    f"{LIMITS.max_video_pixels / 1e6:.1f} MP each (4K UHD fits), {LIMITS.max_video_s / 60:g} min of work at most; "
+    "larger videos are refused — trim or resize them first. The merged model (base + the heads chosen above, with the "
+    "settings above) runs on every frame; one video at a time, each frame takes about as long as one Compare. "
+    "Objects are followed across frames with Ultralytics' ByteTrack: **objects** counts distinct people or things "
+    "per class, **detections** counts boxes over all frames (one person in 30 frames: 1 object, 30 detections)."
+)
+WEBCAM_SECONDS = 60
+WEBCAM_HELP = (
+    "The merged model on your camera, about two frames a second (each frame has the image limits of Compare; "
+    f"{WEBCAM_SECONDS} s of work per start). Frames are processed and dropped, never stored. For the side-by-side "
+    "comparison, take a snapshot with the camera of the Compare image above."
 )
 MERGE_HELP = """A merged `.pt` with several heads needs **headkit installed** to load (it holds headkit's `ConcatHead`;
 without headkit, Ultralytics would try to `pip install headkit`). **TorchScript** and **ONNX** files run with plain
@@ -101,9 +121,11 @@ BRANCH_HELP = (
 )
 
 # Models: each base is loaded once (on first use) and kept, with its merged variants, for every request.
-JOBS = headkit.JobRoot(SETTINGS.jobs_dir, max_age_s=SETTINGS.job_max_age_s)
-RUNS = Runs(slots=1)  # training runs outlive their pages; one trains at a time
+SERVED_DIR = Path(gr.utils.get_upload_folder()) / "headkit"  # outputs are served from here only
 USER_KEYS = UserKeys(Path(SETTINGS.jobs_dir).parent / f"{Path(SETTINGS.jobs_dir).name}-keys")
+# the sweep removes old jobs, served outputs and forgotten keys; max_server_mb bounds all of them together
+JOBS = headkit.JobRoot(SETTINGS.jobs_dir, max_age_s=SETTINGS.job_max_age_s, served_dir=SERVED_DIR, keys=USER_KEYS)
+RUNS = Runs(slots=1, limits=LIMITS)  # training runs outlive their pages; one trains at a time
 OWNERS: dict[str, str] = {}  # session hash -> the job name of the user key it presented
 _COMPARERS: dict[str, headkit.Comparer] = {}
 _FAILURES: dict[str, tuple[float, str]] = {}
@@ -179,27 +201,40 @@ def job(request: gr.Request | None) -> headkit.Job:
 
 
 def roomy_job(request: gr.Request | None) -> headkit.Job:
-    """The session's job, refused (with the limit) when its files already fill its disk allowance."""
+    """The session's job, refused (with the limit) when its files already fill its disk allowance, or the server's
+    files fill the server's."""
     work = job(request)
     work.check_disk(LIMITS)
+    JOBS.check_disk(LIMITS)
     return work
 
 
 def served_folder() -> Path:
-    """A new folder inside Gradio's upload cache: outputs are served from there only, never from the jobs tree."""
-    folder = Path(gr.utils.get_upload_folder()) / "headkit" / uuid.uuid4().hex
+    """A new folder inside Gradio's upload cache for new outputs, refused when the server's disk is full (outputs
+    are served from there only, never from the jobs tree)."""
+    JOBS.check_disk(LIMITS)
+    folder = SERVED_DIR / uuid.uuid4().hex
     folder.mkdir(parents=True)
     return folder
 
 
 def served(path: Path) -> str:
-    """A copy of a job's file in Gradio's cache, for a download or a gallery."""
-    target = served_folder() / path.name
+    """A copy of a job's file in Gradio's cache, for a download or a gallery: one copy per version of the file, so
+    replaying a run (a reopened page, /resume) again and again adds nothing to the disk."""
+    stat = path.stat()
+    version = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    target = SERVED_DIR / version / path.name
+    if target.is_file():
+        target.parent.touch()  # in use: the sweep keeps it
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)
     return str(target)
 
 
 def heads_for(keys: list[str] | None, request: gr.Request | None) -> list[headkit.Head]:
+    """The chosen heads, counted before any is read: each hf:// key is a download of up to max_head_mb."""
+    LIMITS.check("max_heads", len(keys or []), "heads chosen (each one is loaded, some downloaded)")
     return [headkit.load_head_key(k, shipped_dir=WEIGHTS_DIR, job=job(request)) for k in keys or []]
 
 
@@ -219,9 +254,13 @@ def upload(path: str | None, suffix: str, what: str) -> Path:
     return Path(path)
 
 
-def head_outputs(base: str, request: gr.Request, *, reset: bool = False):
-    """JSON list, availability notes, and fresh choices for the three head pickers (`reset`: select what fits)."""
-    model = comparer(base).base
+def head_outputs(base: str, request: gr.Request, *, reset: bool = False, select: str | None = None):
+    """JSON list, availability notes, and fresh choices for the three head pickers (`reset`: select what fits;
+    `select`: Compare shows this head alone, e.g. the one just trained, so its classes appear on the next click)."""
+    try:
+        model = comparer(base).base
+    except gr.Error:  # the banner already says why (load_model): on page load a toast would repeat it
+        return [], "", *[gr.skip()] * 3
     entries = headkit.list_heads(model, shipped_dir=WEIGHTS_DIR, job=job(request))
     lines = [f"**Base** `{display(base)}`: {len(model.names)} classes ({', '.join(model.names.values())})"]
     lines += [f"- **unavailable** `{e.key}`: {e.reason}" for e in entries if not e.available]
@@ -234,7 +273,10 @@ def head_outputs(base: str, request: gr.Request, *, reset: bool = False):
     choices = [(e.label, e.key) for e in entries if e.available]
     shipped = [e.key for e in entries if e.available and e.origin == "shipped"]
     chosen = [k for k in shipped if k in DEFAULT_HEADS] or shipped[:1]
-    compare_picker = gr.Dropdown(choices=choices, value=chosen) if reset else gr.Dropdown(choices=choices)
+    if select in dict((key, label) for label, key in choices):
+        compare_picker = gr.Dropdown(choices=choices, value=[select])
+    else:
+        compare_picker = gr.Dropdown(choices=choices, value=chosen) if reset else gr.Dropdown(choices=choices)
     return [e.to_dict() for e in entries], "\n".join(lines), compare_picker, *[gr.Dropdown(choices=choices)] * 2
 
 
@@ -301,13 +343,29 @@ def compare_video(
         conf=conf,
         iou=iou,
         imgsz=int(imgsz),
+        track=True,
         progress=lambda done, total: progress(done / total, desc=f"frame {done} of {total}"),
         limits=LIMITS,
     )
     table = pd.DataFrame(result.table(), columns=VIDEO_COLUMNS)
     found = sum(row["detections"] for row in result.counts.values())
-    line = f"{result.frames} frames at {result.fps:.3g} fps; {found} detections by the merged model"
+    objects = sum(row["objects"] for row in result.counts.values())
+    line = (
+        f"{result.frames} frames at {result.fps:.3g} fps; {found} detections by the merged model, "
+        f"{objects} distinct objects tracked"
+    )
     return str(result.path), table, line, result.to_dict()
+
+
+@user_errors
+def compare_webcam(
+    base: str, frame: str | None, heads: list[str], conf: float, iou: float, imgsz: int, request: gr.Request
+):
+    """One camera frame through the merged model Compare caches; Compare's image limits apply to it."""
+    if not frame:
+        return None
+    found = comparer(base).detect(frame, heads_for(heads, request), conf=conf, iou=iou, imgsz=int(imgsz))
+    return found.plot()[..., ::-1]  # pixels were checked from the frame's header before it was decoded
 
 
 @user_errors
@@ -411,13 +469,17 @@ def train_on_device(
     branch: str,
     finetune: bool,
     gpu_seconds: int,
+    stop=None,
 ):
-    """The part of training that needs the accelerator; on ZeroGPU it runs inside one spaces.GPU call."""
+    """The part of training that needs the accelerator; on ZeroGPU it runs inside one spaces.GPU call.
+
+    `stop`: the run's poll (Stop, time limit), checked after each batch beside the job's stop marker."""
     model = comparer(base).base
     work = headkit.Job(job_dir)
     yield from work.train(
         model,
         data,
+        stop=stop,
         epochs=epochs,
         imgsz=imgsz,
         batch=batch,
@@ -427,7 +489,9 @@ def train_on_device(
     )
     if finetune:  # the usual way, for Compare: every layer, the new classes only
         device = default_device()
-        yield from work.finetune(model, data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, **TRAIN_OPTIONS)
+        yield from work.finetune(
+            model, data, stop=stop, epochs=epochs, imgsz=imgsz, batch=batch, device=device, **TRAIN_OPTIONS
+        )
 
 
 if SETTINGS.zero_gpu:
@@ -436,35 +500,11 @@ if SETTINGS.zero_gpu:
     train_on_device = spaces.GPU(duration=_gpu_seconds)(train_on_device)
 
 
-@dataclasses.dataclass
-class SavedHead:
-    """Training event: the head was saved into the job (so a run whose page is gone still keeps it)."""
-
-    result: headkit.TrainResult
-    path: Path
-    finetune_next: bool  # a comparison fine-tune follows
-
-
-@dataclasses.dataclass
-class SavedFineTune:
-    """Training event: the comparison fine-tune was saved beside the head."""
-
-    result: FineTuneResult
-
-
-def training_events(job_dir: str, name: str, *args, finetune: bool):
-    """train_on_device's events with the results saved into the job as they come (see SavedHead)."""
-    work = headkit.Job(job_dir)
-    saved = None
-    for event in train_on_device(*args):
-        if isinstance(event, headkit.TrainResult):
-            saved = work.save_head(event.head, name)
-            yield SavedHead(event, saved, finetune)
-        elif isinstance(event, FineTuneResult):
-            work.save_finetuned(event.model, saved.stem)
-            yield SavedFineTune(event)
-        else:
-            yield event
+def training_events(job_dir: str, name: str, *args, finetune: bool, stop=None):
+    """train_on_device's events with the results saved into the job as they come, as small records (SavedHead,
+    SavedFineTune): a run whose page is gone keeps its head, and a finished run keeps no model."""
+    source = train_on_device(*args, stop=stop) if stop is not None else train_on_device(*args)
+    return saved(headkit.Job(job_dir), name, source, finetune_next=finetune)
 
 
 def shown_training(events, base: str, request: gr.Request, *, progress=None):
@@ -492,13 +532,13 @@ def shown_training(events, base: str, request: gr.Request, *, progress=None):
                         *[gr.skip()] * 8,
                     )
             elif isinstance(event, SavedHead):
-                outputs = trained(base, event.result, event.path, request, history)
+                outputs = trained(base, event, request, history)
                 report = outputs[4]
                 if event.finetune_next:
                     outputs = (f"{outputs[0]} Now fine-tuning the whole model for comparison…", *outputs[1:])
                 yield outputs
             elif isinstance(event, SavedFineTune):
-                result = event.result
+                result = event
                 report = report | {"finetune": {"mAP50": result.map50, "seconds": round(result.seconds, 1)}}
                 yield (
                     f"✅ Trained `{report['head']}`, and the whole model fine-tuned the usual way in "
@@ -508,6 +548,10 @@ def shown_training(events, base: str, request: gr.Request, *, progress=None):
                     report,
                     *[gr.skip()] * 4,
                 )
+    except RunStopped as e:  # by the server: before it started, or at the time limit
+        why = f"{str(e)[0].upper()}{str(e)[1:]}"
+        saved_note = f"the head `{report['head']}` is saved" if report else "no head was saved"
+        yield f"{why}; {saved_note}.", *[gr.skip()] * 8
     except headkit.TrainingCancelled:
         if report:
             yield f"Fine-tune stopped on request; the head `{report['head']}` is saved.", *[gr.skip()] * 8
@@ -519,8 +563,7 @@ def followed(run: Run):
     """A run's events from the start, then live; its error, if it failed, raised at the end."""
     for _, event in run.follow():
         yield event
-    if run.error is not None:
-        raise run.error
+    run.raise_error()
 
 
 @user_errors
@@ -538,6 +581,8 @@ def train_head(
 ):
     work, model = roomy_job(request), comparer(base).base
     LIMITS.check("max_imgsz", int(imgsz), "training image size (pixels)")
+    if not SETTINGS.zero_gpu:
+        RUNS.admit(work.path, LIMITS)  # before the dataset is unpacked; `start` checks again
     summary = headkit.load_dataset(
         upload(archive, ".zip", "a dataset zip"), work_dir=work.file("datasets"), base_names=model.names.values()
     )
@@ -557,22 +602,22 @@ def train_head(
         seconds,
     )
 
-    def events():
-        return training_events(str(work.path), Path(archive).stem, *arguments, finetune=bool(finetune))
+    def events(stop=None):
+        return training_events(str(work.path), Path(archive).stem, *arguments, finetune=bool(finetune), stop=stop)
 
     # On ZeroGPU the GPU is lent per request: there the run lives as long as this request
-    source = events() if SETTINGS.zero_gpu else followed(RUNS.start(work.path, events))
+    source = events() if SETTINGS.zero_gpu else followed(RUNS.start(work.path, events, limits=LIMITS))
     yield from shown_training(source, base, request, progress=progress)
 
 
-def trained(base: str, result: headkit.TrainResult, path: Path, request: gr.Request, history: list[dict]):
-    """Show the saved head everywhere at once."""
-    table = pd.DataFrame([{"class": k, **v} for k, v in result.metrics.items()], columns=METRIC_COLUMNS)
-    plots = [(served(p), p.stem) for p in result.plots()]
-    report = result.to_dict() | {"names": _str_keys(result.head.names), "head": f"session/{path.stem}"}
-    report.pop("run_dir")
-    status = f"✅ Trained `session/{path.stem}` in {result.seconds:.0f} s; it is now selectable in Compare."
-    _, _, *pickers = head_outputs(base, request)
+def trained(base: str, record: SavedHead, request: gr.Request, history: list[dict]):
+    """Show the saved head everywhere at once (from the run's record: live, or replayed)."""
+    path = record.path
+    table = pd.DataFrame([{"class": k, **v} for k, v in record.metrics.items()], columns=METRIC_COLUMNS)
+    plots = [(served(p), p.stem) for p in record.plots if p.is_file()]
+    report = record.summary | {"names": _str_keys(record.names), "head": f"session/{path.stem}"}
+    status = f"✅ Trained `session/{path.stem}` in {record.seconds:.0f} s; it is now selected in Compare."
+    _, _, *pickers = head_outputs(base, request, select=f"session/{path.stem}")
     return status, pd.DataFrame(history), served(path), table, report, plots, *pickers
 
 
@@ -612,7 +657,13 @@ def resume_page(
 
 @user_errors
 def stop_training(request: gr.Request):
-    job(request).request_stop()
+    """Stop this key's run: a waiting one leaves the line now, a running one stops after its batch."""
+    work = job(request)
+    stopped = RUNS.stop(work.path)
+    if not stopped:  # no run of the server's: one in this request (ZeroGPU), by the job's marker
+        work.request_stop()
+    if stopped and "running" not in stopped:
+        return "Stopped before it started (it was waiting for the training slot); nothing was trained."
     return "Stopping after the current batch…"
 
 
@@ -694,11 +745,15 @@ def build_demo() -> gr.Blocks:
                         type="filepath",
                         image_mode=None,
                         label="Image",
-                        sources=["upload", "clipboard"],
+                        sources=["upload", "webcam", "clipboard"],
                         height=360,
                         elem_id="in-image",
                     )
-                    gr.Examples(EXAMPLES, inputs=[image], label="Examples (shipped with Ultralytics)")
+                    gr.Examples(
+                        EXAMPLES,
+                        inputs=[image],
+                        label="Examples (shipped with Ultralytics) — the first with a synthetic plate drawn by headkit",
+                    )
                 with gr.Column():
                     heads = gr.Dropdown(
                         SHIPPED_HEADS,
@@ -707,6 +762,7 @@ def build_demo() -> gr.Blocks:
                         allow_custom_value=True,
                         label="Heads",
                         info="shipped, trained in this session, or hf://owner/repo/head.safetensors",
+                        elem_id="compare-heads",
                     )
                     conf = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Confidence")
                     iou = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="IoU (NMS)")
@@ -737,12 +793,26 @@ def build_demo() -> gr.Blocks:
                     video_out = gr.Video(
                         label="Merged model, annotated", interactive=False, height=300, elem_id="out-video"
                     )
+                gr.Examples(VIDEO_EXAMPLES, inputs=[video_in], label="Example (the composite above, panned)")
                 run_video = gr.Button("Run on video", variant="primary")
                 video_line = gr.Markdown()
                 video_counts = gr.Dataframe(
                     pd.DataFrame(columns=VIDEO_COLUMNS), label="Detections per class", interactive=False
                 )
                 video_json = gr.JSON(visible=False)
+            with gr.Accordion("Webcam: the merged model, live", open=False):
+                gr.Markdown(WEBCAM_HELP)
+                with gr.Row():
+                    webcam = gr.Image(
+                        label="Camera",
+                        sources=["webcam"],
+                        streaming=True,
+                        type="filepath",  # checked from its header (pixels) before it is decoded
+                        image_mode=None,
+                        height=300,
+                        elem_id="webcam",
+                    )
+                    webcam_out = gr.Image(label="Merged model", interactive=False, height=300, elem_id="out-webcam")
             with gr.Accordion("Heads as JSON", open=False):
                 heads_json = gr.JSON()
         with gr.Tab("Train"):
@@ -781,7 +851,14 @@ def build_demo() -> gr.Blocks:
                 train = gr.Button("Train", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             status = gr.Markdown()
-            curve = gr.LinePlot(x="epoch", y="value", color="metric", label="Validation metrics per epoch", height=260)
+            curve = gr.LinePlot(
+                x="epoch",
+                y="value",
+                color="metric",
+                color_title="metric",
+                label="Validation metrics per epoch",
+                height=400,  # room for the legend under the axis (it was cut off at 260)
+            )
             with gr.Row():
                 head_out = gr.File(label="Trained head (.safetensors)", elem_id="head-out")
                 metrics_table = gr.Dataframe(
@@ -867,6 +944,16 @@ def build_demo() -> gr.Blocks:
             api_name="compare_video",
             concurrency_id="video",
             concurrency_limit=1,
+        )
+        webcam.stream(
+            compare_webcam,
+            [base, webcam, heads, conf, iou, imgsz],
+            [webcam_out],
+            api_name="compare_webcam",
+            stream_every=0.5,
+            time_limit=WEBCAM_SECONDS,
+            concurrency_id="inference",
+            concurrency_limit=4,
         )
         dataset.upload(
             load_dataset, [base, dataset], [dataset_md, previews, dataset_json, counts], api_name="load_dataset"

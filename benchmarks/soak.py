@@ -7,11 +7,19 @@ Starts `app.py` in a child process on 127.0.0.1 (offline, base from `--base`), s
    gradio_client Client per thread), each of which must report the base's detections unchanged, interleaved with one
    attack of each kind from other clients, each of which must be refused with its limit's message:
    a valid head widened to 50,000 classes (/load_head, max_classes), a data.yaml listing 100,000 names
-   (/load_dataset, max_classes), a merge of 9 session heads (/merge, max_heads), a compare at 4096 px (refused by the image-size
-   slider, whose maximum is the max_imgsz limit);
-3. waits for the training run to end (asks it to stop when `--budget` runs short) and prints its final status.
-Targets: no failed legitimate call, every attack refused with the right message, peak RSS under `--max-peak-mb`,
-RSS drift between the end of round 1 and the end of the last round under `--max-drift` percent.
+   (/load_dataset, max_classes), a merge of 9 session heads (/merge, max_heads), a compare at 4096 px (refused by the
+   image-size slider, whose maximum is the max_imgsz limit), a branch head whose architecture rows carry code
+   (/load_head: refused as data, the payload never runs), a 1 KB head declaring 4,000-channel inputs (/load_head,
+   max_head_mb), a 2-frame 16000 x 16000 video (/compare_video, max_video_pixels), a COCO zip naming one image in
+   10,000 records (/load_dataset), and a second run from the training client (/train_head,
+   max_queued_runs_per_client);
+3. a flood of queued runs: max_queued_runs + 1 fresh clients each queue a run behind the training one; the last is
+   refused (max_queued_runs), and every waiting run is then stopped before it trains;
+4. waits for the training run to end (asks it to stop when `--budget` runs short) and prints its final status;
+5. `--memory-runs` small training runs with the comparison fine-tune, one after another: server RSS after each.
+Targets: no failed legitimate call, every attack refused with the right message, the code payload never ran, peak RSS
+under `--max-peak-mb`, RSS drift between the end of round 1 and the end of the last round under `--max-drift`
+percent, and RSS drift from the first to the last memory run under `--max-drift` percent.
 Exits 1 if a target is missed, 2 if the server does not start.
 
     python benchmarks/soak.py [--rounds 3] [--concurrent 20] [--imgsz 320] [--epochs 30] [--max-peak-mb 6144]
@@ -50,6 +58,11 @@ from load_compare import (  # noqa: E402
 )
 
 import headkit  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tests"))
+from dataset_attack_files import one_image_many_records  # noqa: E402
+from head_attack_files import make_channel_bomb_head, make_crafted_branch_head  # noqa: E402
+from video_files import resolution_bomb  # noqa: E402
 
 PLATES = REPO.parent / "shared" / "datasets" / "license_plates"
 PLATE_HEAD = REPO / "weights" / "license_plate.safetensors"
@@ -186,9 +199,13 @@ def run_round(url: str, base: str, image: str, args: argparse.Namespace, expecte
     return result
 
 
-def prepare_attacks(url: str, base: str, image: str, tmp: Path, failures: list[str]) -> dict:
+def prepare_attacks(url: str, base: str, image: str, tmp: Path, failures: list[str], trainer: Client, train_zip: Path):
     """name -> (limit, call(client), client or None for a fresh one); loads the merge attacker's 9 session heads."""
     wide = widened(headkit.load_head(PLATE_HEAD), WIDE_CLASSES).save(tmp / "wide.safetensors")
+    crafted = make_crafted_branch_head(tmp / "crafted.safetensors", marker=tmp / "payload-ran")
+    bomb_head = make_channel_bomb_head(tmp / "channels.safetensors", channels=4000)
+    bomb_video = resolution_bomb(tmp)
+    coco_zip = one_image_many_records(Path(image), tmp / "coco_reuse.zip", records=10_000)
     names = "".join(f"  - c{i}\n" for i in range(HUGE_NAMES))
     names_zip = copy_plates(tmp / "names", 2, 1, names)
     print(
@@ -221,12 +238,72 @@ def prepare_attacks(url: str, base: str, image: str, tmp: Path, failures: list[s
     def compare_huge(client: Client):
         return client.predict(base, handle_file(image), HEADS, 0.25, 0.7, ATTACK_IMGSZ, api_name="/compare")
 
+    def upload(path: Path, endpoint: str):
+        def call(client: Client):
+            if endpoint == "/load_head":
+                return client.predict(base, handle_file(str(path)), "", api_name=endpoint)
+            if endpoint == "/compare_video":
+                return client.predict(base, handle_file(str(path)), HEADS, 0.25, 0.7, 320, api_name=endpoint)
+            return client.predict(base, handle_file(str(path)), api_name=endpoint)
+
+        return call
+
+    def second_run(client: Client):
+        return client.predict(base, handle_file(str(train_zip)), 1, 160, 4, False, api_name="/train_head")
+
     return {
         "widened head -> /load_head": ("max_classes", upload_wide, None),
         f"{HUGE_NAMES // 1000}k names -> /load_dataset": ("max_classes", upload_names, None),
         f"{MERGED_HEADS} heads -> /merge": ("max_heads", merge_all, merger),
         f"imgsz {ATTACK_IMGSZ} -> /compare": ("greater than maximum value", compare_huge, None),
+        "code in branch rows -> /load_head": ("which is not a model layer", upload(crafted, "/load_head"), None),
+        "4,000-channel head -> /load_head": ("max_head_mb", upload(bomb_head, "/load_head"), None),
+        "16000x16000 video -> /compare_video": ("max_video_pixels", upload(bomb_video, "/compare_video"), None),
+        "COCO 10k records, 1 image -> /load_dataset": ("one image record", upload(coco_zip, "/load_dataset"), None),
+        "second run of one client -> /train_head": ("max_queued_runs_per_client", second_run, trainer),
     }
+
+
+def flood(url: str, base: str, train_zip: Path, queued: int) -> tuple[bool, str]:
+    """`queued` + 1 fresh clients queue a run each behind the running one: the last must be refused by max_queued_runs;
+    then every waiting run is stopped before it trains. Whether that held, and what was seen."""
+    clients = [Client(url, verbose=False) for _ in range(queued + 1)]
+    jobs = []
+    for client in clients[:queued]:
+        jobs.append(client.submit(base, handle_file(str(train_zip)), 1, 160, 4, False, api_name="/train_head"))
+        if not wait_for_training(jobs[-1], timeout=120):  # waiting in line reports progress too
+            return False, f"queued run {len(jobs)} did not report: {last_status(jobs[-1])}"
+    ok, seen = refusal(
+        lambda: clients[-1].predict(base, handle_file(str(train_zip)), 1, 160, 4, False, api_name="/train_head"),
+        "max_queued_runs",
+    )
+    stopped = [client.predict(api_name="/stop_training") for client in clients[:queued]]
+    finals = []
+    for job in jobs:
+        try:
+            finals.append(str(job.result(timeout=60)[0]))
+        except Exception as e:  # a stopped waiting run may end with its message as an error
+            finals.append(f"{type(e).__name__}: {str(e)[:200]}")
+    said = [*finals, *map(str, stopped)]  # each run's last status and each Stop's answer
+    never_trained = all("before it started" in text.lower() for text in said)
+    return (
+        ok and never_trained,
+        f"{seen[:200]}; waiting runs stopped before training: {never_trained} ({finals[0][:120]})",
+    )
+
+
+def memory_runs(url: str, base: str, train_zip: Path, runs: int, memory: Memory) -> list[float]:
+    """`runs` small runs with the comparison fine-tune, one after another, from one client: server RSS (MiB) after each."""
+    client, sizes = Client(url, verbose=False), []
+    for _ in range(runs):
+        status = str(
+            client.predict(base, handle_file(str(train_zip)), 1, 160, 4, False, "head", True, api_name="/train_head")[0]
+        )
+        if not status.startswith("✅ Trained"):
+            raise RuntimeError(f"memory run: {status[:300]}")
+        time.sleep(1)
+        sizes.append(memory.rss() / 2**20)
+    return sizes
 
 
 def wait_for_training(job, timeout: float) -> bool:
@@ -254,6 +331,7 @@ def main() -> int:
     parser.add_argument("--max-peak-mb", type=float, default=6144.0, help="peak server RSS budget, MiB")
     parser.add_argument("--max-drift", type=float, default=10.0, help="RSS drift round 1 -> last round, percent")
     parser.add_argument("--budget", type=float, default=600.0, help="seconds; training is asked to stop near it")
+    parser.add_argument("--memory-runs", type=int, default=10, help="small runs with the fine-tune, for RSS drift")
     args = parser.parse_args()
     from ultralytics.utils import ASSETS
 
@@ -282,8 +360,6 @@ def main() -> int:
                 print(f"warm-up compare: {warm:.2f} s, {expected} base detections; {line}")
                 if line != clean_line(expected):
                     failures.append(f"warm-up: line {line!r}")
-                attacks = prepare_attacks(url, base, image, tmp, failures)
-
                 trainer = Client(url, verbose=False)
                 job = trainer.submit(
                     base, handle_file(str(train_zip)), args.epochs, 320, 8, False, api_name="/train_head"
@@ -292,6 +368,8 @@ def main() -> int:
                 if not wait_for_training(job, timeout=240):
                     failures.append(f"training did not start: {last_status(job)}")
                 print(f"training started ({time.monotonic() - started:.0f} s to its first progress report)\n")
+                small_zip = copy_plates(tmp / "small_plates", 4, 2)
+                attacks = prepare_attacks(url, base, image, tmp, failures, trainer, small_zip)
 
                 rounds: list[Round] = []
                 for r in range(1, args.rounds + 1):
@@ -313,6 +391,9 @@ def main() -> int:
                         print(f"  failed compare: {failure}")
                 running = not job.done()
                 print(f"\ntraining still running when the compare phase ended: {'yes' if running else 'NO'}")
+                flooded, seen = flood(url, base, small_zip, headkit.Limits().max_queued_runs)
+                print(f"  {'ok' if flooded else 'WRONG'} flood of queued runs: {seen}")
+                rounds[-1].attacks["flood of queued runs -> /train_head"] = (flooded, seen)
                 stop_at = began + args.budget - 60
                 while not job.done() and time.monotonic() < stop_at:
                     time.sleep(1)
@@ -326,11 +407,18 @@ def main() -> int:
                 print(f"  final status: {final.rstrip('.')}; server RSS after it: {memory.rss() / 2**20:.0f} MiB")
                 if not final.startswith(("✅ Trained", "Training stopped on request")):
                     failures.append(f"training: {final}")
+                sizes = memory_runs(url, base, small_zip, args.memory_runs, memory) if args.memory_runs else []
+                if sizes:
+                    print(
+                        "RSS after each run with the comparison fine-tune (MiB): "
+                        + ", ".join(f"{m:.0f}" for m in sizes)
+                    )
         finally:
             if server.poll() is not None:
                 print(f"the server exited with code {server.returncode}:\n{(tmp / 'server.log').read_text()[-2000:]}")
             stop_server(server)
         log = (tmp / "server.log").read_text(errors="replace")
+        payload_ran = (tmp / "payload-ran").exists()
         unexpected = [line for line in log.splitlines() if "unexpected error in" in line]  # app.py's LOGGER.exception
         print(f"server log: {len(unexpected)} unexpected error(s)" + "".join(f"\n  {u[:300]}" for u in unexpected[:5]))
 
@@ -357,7 +445,18 @@ def main() -> int:
         f"RSS drift, end of round 1 -> end of round {args.rounds}: {rounds[0].rss_end / 2**20:.0f} -> "
         f"{rounds[-1].rss_end / 2**20:.0f} MiB, {drift:+.1f} % (target < {args.max_drift:.0f} %)"
     )
+    print(f"code payload in the crafted head ran: {'YES' if payload_ran else 'no'} (target no)")
+    runs_drift = 100 * (sizes[-1] - sizes[0]) / sizes[0] if len(sizes) > 1 else 0.0
+    if sizes:
+        print(
+            f"RSS drift over {len(sizes)} runs with the fine-tune: {sizes[0]:.0f} -> {sizes[-1]:.0f} MiB, "
+            f"{runs_drift:+.1f} % (target < {args.max_drift:.0f} %)"
+        )
     missed = []
+    if payload_ran:
+        missed.append("the crafted head's code ran")
+    if runs_drift >= args.max_drift:
+        missed.append(f"RSS drift over the runs {runs_drift:+.1f} %")
     if failures:
         missed.append(f"{len(failures)} failed legitimate call(s)")
     if refused != len(outcomes):

@@ -1,28 +1,38 @@
 """Branch heads: a trained copy of the base's layers from a branch start on (e.g. the whole neck), plus a Detect.
 
 The base's own layers stay as they are; a `Branch` runs beside them on the outputs of the shared layers (those before
-its start), so every base detection stays bit-exact. Its modules are built by Ultralytics' own model builder from the
-base's architecture rows, which the head file carries; rows naming anything but a model layer are refused before
-anything is built.
+its start), so every base detection stays bit-exact. Its modules are deep copies of the base's own layers (the
+operator chose the base), which then take the head file's tensors. Nothing is ever built from what a file records:
+its architecture rows are data, checked for form and compared with the base's, never parsed.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import ultralytics.nn.modules as layer_modules
 from torch import nn
-from ultralytics.nn import tasks
 from ultralytics.nn.modules.head import Detect
-from ultralytics.utils.torch_utils import initialize_weights
 
+from .kinds import branch_inputs
 from .trunk import detection_model, head_index
 
-# The architecture keys a head file may carry; anything else (e.g. `activation:`, which Ultralytics evaluates) is refused.
+BRANCH_PREFIX = "branch."  # tensor keys of the branch layers: branch.<layer>.<name>
+# The architecture keys a head file may carry (as `architecture` writes them); anything else is refused.
 _ARCHITECTURE_KEYS = {"nc", "scales", "scale", "depth_multiple", "width_multiple", "backbone", "head", "channels"}
 _ARCHITECTURE_KEYS |= {"yaml_file", "reg_max", "max_channels"}
+_BRANCH_KEYS = {"start", "inputs", "detect_from", "architecture"}
+# Ultralytics detect models have 20-30 rows; a row has a handful of numbers and names.
+MAX_ROWS = 256
+_MAX_ARGS = 16
+_MAX_TEXT = 64
+_NAME = re.compile(r"(nn\.)?[A-Za-z_][A-Za-z0-9_]*")
+_KEY = re.compile(r"branch\.(\d{1,4})\.([A-Za-z0-9_.]{1,200})")
 
 
 class Branch(nn.Module):
@@ -63,43 +73,191 @@ def architecture(base) -> dict[str, Any]:
     return {key: copy.deepcopy(value) for key, value in yaml.items() if key in _ARCHITECTURE_KEYS}
 
 
-def check_architecture(rows: Any, where: str) -> dict[str, Any]:
-    """Refuse an architecture dict that names anything but Ultralytics model layers, before Ultralytics parses it.
+def rows_of(arch: Mapping[str, Any]) -> list:
+    """An architecture's rows (backbone, then head) as plain JSON data, for comparison only."""
+    return json.loads(json.dumps([*arch["backbone"], *arch["head"]], default=str))
 
-    Ultralytics' parser looks module names up among its own module's globals, and would call whatever it finds there.
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_layer_name(name: str) -> bool:
+    """A torch.nn or Ultralytics layer class name (looked up, never called): no models, no functions."""
+    found = getattr(nn, name[3:], None) if name.startswith("nn.") else getattr(layer_modules, name, None)
+    return isinstance(found, type) and issubclass(found, nn.Module)
+
+
+def _row_problem(row: Any, count: int) -> str | None:
+    """Why a row is not `[from, repeats, layer, [numbers and short names]]`, or None."""
+    if not (isinstance(row, list) and len(row) == 4):
+        return "is not [from, repeats, module, args]"
+    source, repeats, name, args = row
+    sources = [source] if _is_int(source) else source
+    if not (
+        isinstance(sources, list) and 0 < len(sources) <= 8 and all(_is_int(s) and -count < s < count for s in sources)
+    ):
+        return f"reads from {str(source)[:40]}, not earlier layers"
+    if not (_is_int(repeats) and 1 <= repeats <= 64):
+        return f"repeats {str(repeats)[:20]} times, not 1..64"
+    if not (isinstance(name, str) and len(name) <= _MAX_TEXT and _NAME.fullmatch(name) and _is_layer_name(name)):
+        return f"names '{str(name)[:40]}', which is not a model layer"
+    scalar = (int, float, bool, type(None))
+    if not (isinstance(args, list) and len(args) <= _MAX_ARGS):
+        return f"has {type(args).__name__} arguments, not a list of at most {_MAX_ARGS}"
+    if not all(isinstance(a, scalar) or (isinstance(a, str) and len(a) <= _MAX_TEXT) for a in args):
+        return "has arguments other than numbers and short names"
+    return None
+
+
+def check_rows(arch: Any, where: str) -> list:
+    """Check recorded architecture rows as data (form and size only); return them as plain rows.
 
     Raises:
-        ValueError: not a dict of known keys, a malformed row, or a module that is not a model layer.
+        ValueError: not a mapping of known keys, too many rows, a malformed row, or a last row that is not Detect.
     """
-    if not isinstance(rows, dict) or not {"backbone", "head"} <= rows.keys():
+    if not isinstance(arch, dict) or not {"backbone", "head"} <= arch.keys():
         raise ValueError(f"{where}: the branch's architecture should be a mapping with backbone and head rows")
-    unknown = set(rows) - _ARCHITECTURE_KEYS
+    unknown = set(arch) - _ARCHITECTURE_KEYS
     if unknown:
-        raise ValueError(f"{where}: the branch's architecture has unexpected keys {sorted(unknown)}; save it again")
-    for number, row in enumerate([*rows["backbone"], *rows["head"]]):
-        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[2], str) and isinstance(row[3], list)):
-            raise ValueError(f"{where}: architecture row {number} is not [from, repeats, module, args]: {row!r}")
-        name = row[2]
-        module = getattr(nn, name[3:], None) if name.startswith("nn.") else getattr(tasks, name, None)
-        if not (isinstance(module, type) and issubclass(module, nn.Module)):
-            raise ValueError(f"{where}: architecture row {number} names '{name}', which is not a model layer")
+        raise ValueError(f"{where}: the branch's architecture has unexpected keys {sorted(unknown)[:5]}; save it again")
+    if not (isinstance(arch["backbone"], list) and isinstance(arch["head"], list)):
+        raise ValueError(f"{where}: the branch's backbone and head rows should be lists; save the head again")
+    rows = [*arch["backbone"], *arch["head"]]
+    if not 3 <= len(rows) <= MAX_ROWS:
+        raise ValueError(f"{where}: the branch's architecture has {len(rows)} rows, expected 3..{MAX_ROWS}")
+    for number, row in enumerate(rows):
+        problem = _row_problem(row, len(rows))
+        if problem:
+            raise ValueError(f"{where}: architecture row {number} {problem}; save the head again with headkit")
+    if rows[-1][2] != "Detect":
+        raise ValueError(f"{where}: the architecture's last row is '{rows[-1][2]}', expected the Detect layer")
     return rows
 
 
-def build_layers(rows: dict[str, Any], start: int, nc: int) -> list[nn.Module]:
-    """Modules for layers `start`..head-1, built by Ultralytics' parser from checked architecture rows."""
-    cfg = {**copy.deepcopy(rows), "nc": nc}
-    with torch.random.fork_rng():  # the weights are overwritten; keep the caller's random state as it was
-        layers, _ = tasks.parse_model(cfg, ch=cfg.get("channels", 3), verbose=False)
-    initialize_weights(layers)  # BatchNorm eps/momentum as DetectionModel sets them (eps 1e-3, not torch's 1e-5)
-    return list(layers[start:-1])
+def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
+    """Check a branch head's metadata and tensor keys as data, without a base (nothing is built).
+
+    Args:
+        keys: the file's tensor keys; those of the branch must read `branch.<layer>.<name>` with layer in its range.
+
+    Raises:
+        ValueError: malformed rows, a start/inputs/detect_from out of range, or a malformed branch tensor key.
+    """
+    if not isinstance(branch, dict) or set(branch) != _BRANCH_KEYS:
+        found = sorted(branch)[:6] if isinstance(branch, dict) else type(branch).__name__
+        raise ValueError(f"{where}: branch metadata should hold {sorted(_BRANCH_KEYS)}, found {found}; save it again")
+    rows = check_rows(branch["architecture"], where)
+    count = len(rows)
+    start, inputs, detect_from = branch["start"], branch["inputs"], branch["detect_from"]
+    if not _is_int(start) or not 1 <= start < count - 1:
+        raise ValueError(
+            f"{where}: branch start {str(start)[:20]} is not a layer between 1 and {count - 2}; save it again"
+        )
+    ints = isinstance(inputs, list) and len(inputs) <= start and all(_is_int(i) and 0 <= i < start for i in inputs)
+    if not ints or inputs != sorted(set(inputs)):
+        raise ValueError(
+            f"{where}: branch inputs {str(inputs)[:60]} should be shared layers before {start}; save it again"
+        )
+    reads = isinstance(detect_from, list) and 0 < len(detect_from) <= 8
+    if not reads or not all(_is_int(j) and 0 <= j < count - 1 and (j >= start or j in inputs) for j in detect_from):
+        raise ValueError(f"{where}: branch detect_from {str(detect_from)[:60]} should be layers it owns or reads")
+    if detect_from != rows[-1][0]:
+        raise ValueError(f"{where}: branch detect_from {detect_from} differs from its Detect row's; save it again")
+    for key in keys:
+        if not key.startswith(BRANCH_PREFIX):
+            continue
+        match = _KEY.fullmatch(key)
+        if not match or not start <= int(match[1]) < count - 1:
+            raise ValueError(
+                f"{where}: tensor '{key[:80]}' is not 'branch.<layer>.<name>' with a layer in {start}..{count - 2}"
+            )
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
+def check_rows_match(arch: Any, base, where: str) -> None:
+    """Refuse recorded rows that differ from the base's in any way, naming the first differing row.
+
+    Raises:
+        ValueError: malformed rows, or rows other than the base's (the head was made for another architecture).
+    """
+    ours, theirs = check_rows(arch, where), rows_of(architecture(base))
+    for number in range(max(len(ours), len(theirs))):
+        mine = ours[number] if number < len(ours) else None
+        base_row = theirs[number] if number < len(theirs) else None
+        if mine != base_row:
+            raise ValueError(
+                f"{where}: built for another architecture than this base's — its row {number} is {_shown(mine)}, the "
+                f"base's is {_shown(base_row)}; load the base it was trained on or train the head on this base"
+            )
+
+
+def check_branch_fits_base(branch: Any, shapes: Mapping[str, Sequence[int]], base, where: str) -> None:
+    """Refuse a branch whose metadata or tensor shapes differ from what the base's own layers would hold.
+
+    Everything here is a comparison of data with the base's facts; no module is built.
+
+    Args:
+        shapes: the head's tensor shapes by key (its `branch.*` keys are checked).
+
+    Raises:
+        ValueError: rows, start, inputs, detect_from or a tensor differ from the base's.
+    """
+    check_branch_data(branch, list(shapes), where)
+    check_rows_match(branch["architecture"], base, where)
+    start, end = branch["start"], head_index(base)
+    wanted = {"inputs": branch_inputs(base, start), "detect_from": list(detection_model(base).model[-1].f)}
+    for name, value in wanted.items():
+        if branch[name] != value:
+            raise ValueError(f"{where}: branch {name} {branch[name]} differ from this base's {value}; save it again")
+    expected = {BRANCH_PREFIX + key: tuple(value.shape) for key, value in layer_state(base, start, end).items()}
+    given = {key: tuple(shape) for key, shape in shapes.items() if key.startswith(BRANCH_PREFIX)}
+    check_shapes(expected, given, where, f"layers {start}..{end - 1} of this base")
+
+
+def check_shapes(expected: Mapping[str, tuple], given: Mapping[str, tuple], where: str, what: str) -> None:
+    """Refuse tensors that are missing, unexpected or of another shape than `expected`, naming the first one.
+
+    Raises:
+        ValueError: the keys or shapes differ.
+    """
+    missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+    if missing or unexpected:
+        which = f"lacks '{missing[0]}'" if missing else f"has an unexpected tensor '{unexpected[0][:80]}'"
+        raise ValueError(
+            f"{where}: its tensors do not match its metadata ({len(missing)} missing, {len(unexpected)} unexpected; "
+            f"it {which} for {what}); save the head again with headkit"
+        )
+    for key, shape in expected.items():
+        if tuple(given[key]) != tuple(shape):
+            raise ValueError(
+                f"{where}: its tensors do not match its metadata (tensor '{key}' has shape {list(given[key])}, "
+                f"{what} needs {list(shape)}); save the head again with headkit"
+            )
+
+
+def layer_state(model, start: int, end: int | None = None) -> dict[str, torch.Tensor]:
+    """State of layers `start`..end-1 (default: up to the head) of a model, keyed `<layer>.<name>`."""
+    end = head_index(model) if end is None else end
+    return {
+        key: value
+        for key, value in detection_model(model).model.state_dict().items()
+        if start <= int(key.split(".", 1)[0]) < end
+    }
+
+
+def copy_layers(base, start: int, tensors: Mapping[str, torch.Tensor]) -> list[nn.Module]:
+    """Deep copies of the base's layers `start`..head-1 holding `tensors` (keyed `<layer>.<name>`, loaded strictly)."""
+    layers = [copy.deepcopy(layer) for layer in detection_model(base).model[start : head_index(base)]]
+    state = {f"{int(key.split('.', 1)[0]) - start}.{key.split('.', 1)[1]}": value for key, value in tensors.items()}
+    nn.ModuleList(layers).load_state_dict(state, strict=True)
+    return layers
 
 
 def branch_tensors(model, start: int) -> dict[str, torch.Tensor]:
     """State of layers `start`..head-1 of a (trained) model, keyed `<layer>.<name>`."""
-    end = head_index(model)
-    return {
-        key: value.detach().cpu().clone()
-        for key, value in detection_model(model).model.state_dict().items()
-        if start <= int(key.split(".", 1)[0]) < end
-    }
+    return {key: value.detach().cpu().clone() for key, value in layer_state(model, start).items()}

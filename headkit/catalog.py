@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .filenames import safe_name
 from .headfile import Head, load_head
-from .jobs import Job, safe_name
+from .jobs import Job
 from .limits import Limits
 from .merge import check_head_fits
 from .settings import current_limits
@@ -24,6 +25,8 @@ from .trunk import fingerprint
 
 LOGGER = logging.getLogger(__name__)
 SESSION_PREFIX = "session/"
+
+MAX_KEY_CHARS = 512  # an hf://owner/repo/path@revision address is far shorter
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ def load_head_key(
         FileNotFoundError: no such head (or a Hub repository the public cannot read).
     """
     key = str(key).strip()
+    if len(key) > MAX_KEY_CHARS:
+        raise ValueError(
+            f"a head key of {len(key):,} characters; head keys are names or hf:// addresses (at most {MAX_KEY_CHARS})"
+        )
     refuse_pickle(key)
     if key.startswith(HF_SCHEME):
         hub_file = parse_hub_url(key)

@@ -5,52 +5,44 @@ own `convert_coco` assumes COCO's category ids (1-based, optionally the 91 -> 80
 with ids from 0, an unknown image or a box outside its image would train silently wrong; this module reads the same
 format with every record checked, and refuses with the file, the record and what to fix.
 
-Layouts found (in a folder or an extracted zip, possibly inside one top folder):
+Any JSON file near the top of an upload that holds `images`, `annotations` and `categories` lists is read, whatever
+its name; its split comes from its folder (`train/`, `valid/`) or its name (`instances_val2017.json`), else it is the
+train split. Layouts this covers (in a folder or an extracted zip, possibly inside one top folder):
 - Roboflow: `train/_annotations.coco.json`, `valid/...`, `test/...`, each beside its images;
-- COCO: `annotations/instances_<split>*.json` with images in `<split>*/`, `images/<split>*/`, `images/` or the root.
+- COCO and CVAT: `annotations/instances_<split>*.json` with images in `<split>*/`, `images/<split>*/`, `images/` or the
+  root;
+- Label Studio: one `result.json` beside `images/`, whose `file_name`s read `images/<name>` (or `images\\<name>`).
 """
 
 from __future__ import annotations
 
 import json
+import reprlib
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
-from .labels import DatasetError
+from .labels import DatasetError, load_json
+from .layout import JSON_PARTS, SPLIT_NAMES, visible
 from .limits import Limits
 
-ROBOFLOW_NAME = "_annotations.coco.json"
-MAX_JSON_MB = 256  # a COCO train2017 instances file is ~450 MB with segments; a detection export is far smaller
+COCO_KEYS = ("images", "annotations", "categories")
 SPLIT_WORDS = (("train", "train"), ("val", "val"), ("valid", "val"), ("test", "test"))
 BOX_SLACK_PX = 1.0  # exporters round box corners; anything further outside the image is an error
+MAX_JSON_FILES = 8
+"""JSON files read from one upload: a COCO export has one per split, and each file is parsed whole."""
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def is_coco_file(path: Path) -> bool:
-    """True for the COCO annotation file names this module reads (`instances*.json`, `_annotations.coco.json`)."""
-    name = path.name.lower()
-    return name == ROBOFLOW_NAME or (name.startswith("instances") and name.endswith(".json"))
+@dataclass(frozen=True)
+class CocoFile:
+    """A COCO detection file of an upload: where it is, the split it holds, its records (parsed within the limits)."""
 
-
-def find_coco_files(root: Path) -> list[Path]:
-    """COCO annotation files at most two folders below `root`, in a fixed order."""
-    return sorted(p for p in root.rglob("*.json") if is_coco_file(p) and len(p.relative_to(root).parts) <= 3)
-
-
-def _split_of(path: Path, root: Path) -> str:
-    """train / val / test from the file's folder (Roboflow) or its name (`instances_val2017.json`)."""
-    words = [path.parent.name.lower()] if path.name.lower() == ROBOFLOW_NAME else []
-    words.append(path.stem.lower().removeprefix("instances").strip("_-"))
-    for word in words:
-        for prefix, split in SPLIT_WORDS:
-            if word.startswith(prefix):
-                return split
-    raise DatasetError(
-        f"{path.relative_to(root)}: cannot tell which split this COCO file is; name it instances_train.json / "
-        "instances_val.json (COCO) or put it in a train/ or valid/ folder as _annotations.coco.json (Roboflow)"
-    )
+    path: Path
+    split: str
+    data: dict
 
 
 @dataclass(frozen=True)
@@ -58,27 +50,68 @@ class CocoSplit:
     """One annotation file's images (path, YOLO label lines) after every record was checked."""
 
     split: str
-    source: Path
     images: list[tuple[Path, list[str]]]
     skipped_crowd: int
 
 
-def _load_json(path: Path, where: str) -> dict:
-    size_mb = path.stat().st_size / 2**20
-    if size_mb > MAX_JSON_MB:
-        raise DatasetError(f"{where}: {size_mb:.0f} MB of annotations; at most {MAX_JSON_MB} MB are read, split it")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{where}: not UTF-8 text ({e}); export the annotations again as COCO JSON") from e
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{where}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from e
-    if not isinstance(data, dict):
-        raise DatasetError(f"{where}: expected a COCO object with images, annotations and categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DatasetError(f"{where}: '{key}' should be a list; is this a COCO detection export?")
-    return data
+def json_files(root: Path) -> list[Path]:
+    """Visible JSON files at most `JSON_PARTS` deep under `root` (the upload, or its one wrapping folder), in order."""
+    patterns = ["/".join(["*"] * depth) for depth in range(1, JSON_PARTS + 1)]
+    return sorted(
+        p
+        for pattern in patterns
+        for p in root.glob(pattern)
+        if p.suffix.lower() == ".json" and p.is_file() and all(visible(Path(x)) for x in p.relative_to(root).parts)
+    )
+
+
+def find_coco_files(root: Path, *, limits: Limits) -> tuple[list[CocoFile], list[str]]:
+    """The COCO detection files under `root`, each parsed once within the JSON limits; notes on other JSON files.
+
+    Raises:
+        DatasetError: Over `MAX_JSON_FILES` JSON files, two files for one split, or a JSON file that cannot be read.
+        LimitExceeded: A JSON file over `max_json_mb`, `max_json_records` or `max_json_values`.
+    """
+    candidates = json_files(root)
+    if len(candidates) > MAX_JSON_FILES:
+        shown = ", ".join(p.relative_to(root).as_posix() for p in candidates[:5])
+        raise DatasetError(
+            f"{root.name}: {len(candidates)} JSON files ({shown}, ...), but at most {MAX_JSON_FILES} are read; a COCO "
+            "export has one per split: remove the others"
+        )
+    found: list[CocoFile] = []
+    notes = []
+    for path in candidates:
+        where = path.relative_to(root).as_posix()
+        data = load_json(path, where, limits=limits)
+        if not (isinstance(data, dict) and all(isinstance(data.get(k), list) for k in COCO_KEYS)):
+            notes.append(
+                f"{where}: not a COCO detection file (no 'images', 'annotations' and 'categories' lists), ignored"
+            )
+            continue
+        split = _split_of(path)
+        twin = next((f for f in found if f.split == split), None)
+        if twin is not None:
+            raise DatasetError(
+                f"{where} and {twin.path.relative_to(root).as_posix()} are both the '{split}' split; keep one "
+                "annotation file per split, and name the others instances_val.json / instances_test.json (or put "
+                "them in a valid/ or test/ folder)"
+            )
+        found.append(CocoFile(path, split, data))
+    return found, notes
+
+
+def _split_of(path: Path) -> str:
+    """train / val / test from the folder (Roboflow's `valid/`) or the name (`instances_val2017.json`), else train."""
+    folder = SPLIT_NAMES.get(path.parent.name.lower())
+    if folder:
+        return folder
+    stem = path.stem.lower().removeprefix("instances").strip("_-")
+    return next((split for prefix, split in SPLIT_WORDS if stem.startswith(prefix)), "train")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _ids(records: list, kind: str, where: str) -> dict[int, dict]:
@@ -86,8 +119,8 @@ def _ids(records: list, kind: str, where: str) -> dict[int, dict]:
     by_id: dict[int, dict] = {}
     for n, record in enumerate(records):
         key = record.get("id") if isinstance(record, dict) else None
-        if not isinstance(key, int) or isinstance(key, bool):
-            raise DatasetError(f"{where}: {kind} #{n + 1} has no integer 'id' ({str(record)[:80]})")
+        if not _is_id(key):
+            raise DatasetError(f"{where}: {kind} #{n + 1} has no integer 'id' ({reprlib.repr(record)})")
         if key in by_id:
             raise DatasetError(f"{where}: {kind} id {key} appears twice; every {kind} needs its own id")
         by_id[key] = record
@@ -97,7 +130,7 @@ def _ids(records: list, kind: str, where: str) -> dict[int, dict]:
 def read_categories(data: dict, where: str, limits: Limits) -> dict[int, str]:
     """Category id -> name, without the unused parent category some exporters add (Roboflow's supercategory row)."""
     categories = _ids(data["categories"], "category", where)
-    used = {a.get("category_id") for a in data["annotations"] if isinstance(a, dict)}
+    used = {a.get("category_id") for a in data["annotations"] if isinstance(a, dict) and _is_id(a.get("category_id"))}
     parents = {str(c.get("supercategory")) for c in categories.values()}
     kept = {
         i: c for i, c in categories.items() if i in used or str(c.get("name")) not in parents or len(categories) == 1
@@ -117,35 +150,53 @@ def read_categories(data: dict, where: str, limits: Limits) -> dict[int, str]:
     return names
 
 
+def _image_size(record: dict, image_id: int, where: str) -> tuple[int, int]:
+    width, height = record.get("width"), record.get("height")
+    if not (_is_id(width) and _is_id(height) and width > 0 and height > 0):
+        raise DatasetError(
+            f"{where}: image id {image_id} '{record.get('file_name')}' has no integer width and height "
+            f"({width!r} x {height!r}); export the annotations again with image sizes"
+        )
+    return width, height
+
+
 def _image_path(record: dict, source: Path, split: str) -> Path | None:
-    """The image beside the annotation file, or in the dataset folder (the parent of `annotations/`)."""
-    name = str(record.get("file_name") or "")
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    """The image beside the annotation file, or in the dataset folder (the parent of `annotations/`).
+
+    Windows separators are read as `/`; a name with folders (Label Studio's `images/x.jpg`, or an upload path of the
+    machine it came from) is also looked for by its file name alone, never outside the dataset folder.
+    """
+    name = str(record.get("file_name") or "").replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if not parts:
         return None
+    inside = not (name.startswith("/") or PureWindowsPath(name).drive or ".." in parts)
+    names = ([name] if inside else []) + ([parts[-1]] if len(parts) > 1 and parts[-1] != ".." else [])
     root = source.parent.parent if source.parent.name.lower() == "annotations" else source.parent
     folders = [source.parent, root / "images" / split, root / "images", root]
     folders += sorted(p for p in root.glob("*") if p.is_dir() and p.name.lower().startswith(split))
     folders += sorted(p for p in (root / "images").glob("*") if p.is_dir() and p.name.lower().startswith(split))
-    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+    top = root.resolve()
+    paths = (folder / n for n in names for folder in folders)
+    return next((p for p in paths if p.is_file() and p.resolve().is_relative_to(top)), None)
 
 
-def read_split(source: Path, data: dict, root: Path, class_of: dict[int, int], limits: Limits) -> CocoSplit:
-    """Check one annotation file (`data`, as `_load_json` read it) against its images; its boxes as YOLO lines."""
-    where = str(source.relative_to(root))
-    split = _split_of(source, root)
-    images = _ids(data["images"], "image", where)
-    _ids(data["annotations"], "annotation", where)
-    categories = read_categories(data, where, limits)
-    for i, name in categories.items():
-        if i not in class_of:
-            raise DatasetError(f"{where}: category {i} '{name}' is not in the other annotation files' categories")
+def _box_lines(
+    data: dict,
+    images: dict[int, dict],
+    categories: dict[int, str],
+    class_of: dict[int, int],
+    where: str,
+    limits: Limits,
+) -> tuple[dict[int, list[str]], int]:
+    """Image id -> YOLO label lines of its boxes, and how many crowd annotations were skipped."""
     lines: dict[int, list[str]] = {i: [] for i in images}
     crowd = 0
     for annotation in data["annotations"]:
         key, image_id, category = annotation["id"], annotation.get("image_id"), annotation.get("category_id")
-        if image_id not in images:
+        if not _is_id(image_id) or image_id not in images:
             raise DatasetError(f"{where}: annotation id {key} refers to image id {image_id}, which is not in 'images'")
-        if category not in categories:
+        if not _is_id(category) or category not in categories:
             raise DatasetError(
                 f"{where}: annotation id {key} has category id {category}, which is not in 'categories' "
                 f"({', '.join(f'{i}: {n}' for i, n in categories.items())})"
@@ -153,69 +204,93 @@ def read_split(source: Path, data: dict, root: Path, class_of: dict[int, int], l
         if annotation.get("iscrowd"):
             crowd += 1
             continue
-        width, height = images[image_id].get("width"), images[image_id].get("height")
-        box = annotation.get("bbox")
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
-            raise DatasetError(f"{where}: annotation id {key}: 'bbox' should be [x, y, width, height], got {box!r}")
-        x, y, w, h = (float(v) for v in box)
-        if w <= 0 or h <= 0:
-            raise DatasetError(f"{where}: annotation id {key}: box {box} has no area; fix or delete it")
-        if x < -BOX_SLACK_PX or y < -BOX_SLACK_PX or x + w > width + BOX_SLACK_PX or y + h > height + BOX_SLACK_PX:
-            raise DatasetError(
-                f"{where}: annotation id {key}: box {box} (x, y, width, height) lies outside its image "
-                f"({width}x{height}, image id {image_id}); fix the box or the image size"
-            )
-        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-        cx, cy, bw, bh = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height
-        lines[image_id].append(f"{class_of[category]} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
+        rows = lines[image_id]
+        if len(rows) >= limits.max_boxes_per_image:
+            count = sum(a.get("image_id") == image_id and not a.get("iscrowd") for a in data["annotations"])
+            name = images[image_id].get("file_name")
+            limits.check("max_boxes_per_image", count, f"{where}: boxes of image id {image_id} '{name}'")
+        rows.append(_yolo_line(annotation, images[image_id], class_of[category], where))
+    return lines, crowd
+
+
+def _yolo_line(annotation: dict, image: dict, class_id: int, where: str) -> str:
+    key, (width, height), box = annotation["id"], (image["width"], image["height"]), annotation.get("bbox")
+    numbers = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
+    if not numbers or any(isinstance(v, bool) for v in box):
+        raise DatasetError(f"{where}: annotation id {key}: 'bbox' should be [x, y, width, height], got {box!r}")
+    x, y, w, h = (float(v) for v in box)
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"{where}: annotation id {key}: box {box} has no area; fix or delete it")
+    if x < -BOX_SLACK_PX or y < -BOX_SLACK_PX or x + w > width + BOX_SLACK_PX or y + h > height + BOX_SLACK_PX:
+        raise DatasetError(
+            f"{where}: annotation id {key}: box {box} (x, y, width, height) lies outside its image "
+            f"({width}x{height}, image id {annotation['image_id']}); fix the box or the image size"
+        )
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+    cx, cy, bw, bh = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height
+    return f"{class_id} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}"
+
+
+def read_split(
+    coco: CocoFile, root: Path, class_of: dict[int, int], limits: Limits, seen: dict[Path, str]
+) -> CocoSplit:
+    """Check one annotation file against its images; its boxes as YOLO lines.
+
+    `seen` maps each image file already used (by any file) to its record, so that no file serves two records: a
+    thousand records naming one image would otherwise write it a thousand times.
+    """
+    where = coco.path.relative_to(root).as_posix()
+    images = _ids(coco.data["images"], "image", where)
+    sizes = {i: _image_size(record, i, where) for i, record in images.items()}
+    _ids(coco.data["annotations"], "annotation", where)
+    categories = read_categories(coco.data, where, limits)
+    for i, name in categories.items():
+        if i not in class_of:
+            raise DatasetError(f"{where}: category {i} '{name}' is not in the other annotation files' categories")
+    lines, crowd = _box_lines(coco.data, images, categories, class_of, where, limits)
     found = []
     for image_id, record in images.items():
-        path = _image_path(record, source, split)
+        name, path = record.get("file_name"), _image_path(record, coco.path, coco.split)
         if path is None:
             raise DatasetError(
-                f"{where}: image id {image_id} '{record.get('file_name')}' was not found beside the annotations "
-                f"or in images/{split}/; add the image or remove it from the file"
+                f"{where}: image id {image_id} '{name}' was not found beside the annotations or in "
+                f"images/{coco.split}/; add the image or remove it from the file"
             )
-        width, height = record.get("width"), record.get("height")
-        with Image.open(path) as image:
-            actual = image.size
-        if (width, height) != actual:
+        if (first := seen.get(path.resolve())) is not None:
             raise DatasetError(
-                f"{where}: image id {image_id} '{record.get('file_name')}' is {actual[0]}x{actual[1]} pixels but the "
-                f"annotations say {width}x{height}; export the annotations again for these images"
+                f"{first} and {where} image id {image_id} both name '{name}'; each image file may have one image "
+                "record: merge their annotations into one record and delete the other"
+            )
+        seen[path.resolve()] = f"{where} image id {image_id}"
+        try:
+            with Image.open(path) as image:
+                actual = image.size
+        except _IMAGE_ERRORS as e:
+            raise DatasetError(f"{where}: image id {image_id} '{name}' is not a readable image ({e})") from e
+        if sizes[image_id] != actual:
+            raise DatasetError(
+                f"{where}: image id {image_id} '{name}' is {actual[0]}x{actual[1]} pixels but the annotations say "
+                f"{sizes[image_id][0]}x{sizes[image_id][1]}; export the annotations again for these images"
             )
         found.append((path, lines[image_id]))
-    return CocoSplit(split, source, found, crowd)
+    return CocoSplit(coco.split, found, crowd)
 
 
-def convert_coco(root: Path, out: Path, *, limits: Limits) -> tuple[Path, list[str]]:
-    """Write the COCO dataset under `root` as a YOLO dataset in `out` (images copied); (data.yaml, notes).
+def convert_coco(found: list[CocoFile], root: Path, out: Path, *, limits: Limits, move: bool = False) -> list[str]:
+    """Write the COCO files `found` under `root` as a YOLO dataset in `out` (data.yaml, images, labels); notes.
 
-    Class ids follow the categories' ids in ascending order; names are the categories' names.
+    Class ids follow the categories' ids in ascending order; names are the categories' names. Each image file is
+    written once (moved when `move`, for an extracted upload; else copied), so the output is no bigger than the input.
 
     Raises:
         DatasetError: a file or record that cannot be trained on, naming the file, the record and the fix.
-        LimitExceeded: too many categories or too long a name.
+        LimitExceeded: too many categories, too long a name, or too many boxes on one image.
     """
-    files = find_coco_files(root)
-    if not files:
-        raise DatasetError(f"{root.name}: no COCO annotation file (instances*.json or {ROBOFLOW_NAME})")
-    first = _load_json(files[0], str(files[0].relative_to(root)))
-    categories = read_categories(first, str(files[0].relative_to(root)), limits)
+    categories = read_categories(found[0].data, found[0].path.relative_to(root).as_posix(), limits)
     class_of = {category: n for n, category in enumerate(sorted(categories))}
-    splits = [  # each file is read once; the first already was, for the categories
-        read_split(path, first if path == files[0] else _load_json(path, str(path.relative_to(root))), root,
-                   class_of, limits)
-        for path in files
-    ]  # fmt: skip
-    seen: dict[str, Path] = {}
-    for part in splits:
-        if part.split in seen:
-            raise DatasetError(
-                f"{part.source.relative_to(root)} and {seen[part.split].relative_to(root)} are both the "
-                f"'{part.split}' split; keep one annotation file per split"
-            )
-        seen[part.split] = part.source
+    seen: dict[Path, str] = {}
+    splits = [read_split(coco, root, class_of, limits, seen) for coco in found]
+    transfer = shutil.move if move else shutil.copy2
     notes = []
     for part in splits:
         images_out, labels_out = out / "images" / part.split, out / "labels" / part.split
@@ -223,11 +298,10 @@ def convert_coco(root: Path, out: Path, *, limits: Limits) -> tuple[Path, list[s
         labels_out.mkdir(parents=True, exist_ok=True)
         for n, (image, lines) in enumerate(part.images):
             stem = f"{n:06d}_{image.stem}"  # unique even when two folders hold the same file name
-            shutil.copy2(image, images_out / f"{stem}{image.suffix.lower()}")
+            transfer(image, images_out / f"{stem}{image.suffix.lower()}")
             (labels_out / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
         if part.skipped_crowd:
             notes.append(f"{part.split}: {part.skipped_crowd} crowd annotation(s) (iscrowd) skipped, as COCO does")
     names = "\n".join(f"  {n}: {json.dumps(categories[c])}" for c, n in class_of.items())
-    yaml_path = out / "data.yaml"
-    yaml_path.write_text(f"names:\n{names}\n")  # the splits are found from the folders, as for any upload
-    return yaml_path, notes
+    (out / "data.yaml").write_text(f"names:\n{names}\n")  # the splits are found from the folders, as for any upload
+    return notes

@@ -196,7 +196,7 @@ class Comparer:
             if key in self._finetuned:
                 self._finetuned.move_to_end(key)
                 return self._finetuned[key]
-        runner = _Runner(load_finetuned(path))
+        runner = _Runner(load_finetuned(path, self.base, limits=self.limits))
         with self._lock:
             self._finetuned[key] = runner
             while len(self._finetuned) > self.cache_size:
@@ -209,6 +209,30 @@ class Comparer:
         classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
         check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
         return merge(self.base, *heads) if heads else clone_model(self.base)
+
+    def _check_settings(self, heads: Sequence[Head], conf: float, iou: float, imgsz: int) -> None:
+        if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+            raise ValueError(f"confidence and IoU thresholds are fractions in [0, 1], got conf={conf}, iou={iou}")
+        if imgsz < 32:
+            raise ValueError(f"image size should be at least 32 pixels, got {imgsz}")
+        self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
+        classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
+        check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
+
+    def detect(
+        self,
+        image: str | Path | np.ndarray | Image.Image,
+        heads: Sequence[Head] = (),
+        *,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        imgsz: int = 640,
+    ):
+        """The cached merged model alone on one image (a webcam frame), with Compare's checks; Ultralytics' Results."""
+        self._check_settings(heads, conf, iou, imgsz)
+        bgr = np.ascontiguousarray(read_image(image, limits=self.limits)[..., ::-1])
+        runner = self.variants(heads)[1] if heads else self._base
+        return runner.predict(bgr, conf=conf, iou=iou, imgsz=imgsz, max_det=MAX_DET, device=self.device)
 
     def compare(
         self,
@@ -226,13 +250,7 @@ class Comparer:
         Args:
             finetuned: a fine-tuned model saved by `headkit.finetune.save_finetuned`, run as a fourth model.
         """
-        if not 0 <= conf <= 1 or not 0 <= iou <= 1:
-            raise ValueError(f"confidence and IoU thresholds are fractions in [0, 1], got conf={conf}, iou={iou}")
-        if imgsz < 32:
-            raise ValueError(f"image size should be at least 32 pixels, got {imgsz}")
-        self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
-        classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
-        check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
+        self._check_settings(heads, conf, iou, imgsz)
         labels = [str(v) for v in labels] if labels is not None else [h.label for h in heads]
         if len(labels) != len(heads):
             raise ValueError(f"expected one label per head, got {len(labels)} label(s) for {len(heads)} head(s)")

@@ -16,7 +16,7 @@ from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_pat
 
 from headkit.archive import ArchiveError, ZipLimits, extract_zip
 from headkit.coco import convert_coco, find_coco_files
-from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_label_line, read_names, read_text
+from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_label_line, read_label_rows, read_names
 from headkit.layout import (
     DATASET_FILES,
     LAYOUTS,
@@ -94,9 +94,13 @@ def load_dataset(
 ) -> DatasetSummary:
     """Validate a YOLO or COCO JSON detection dataset (folder or .zip) and return where Ultralytics can train on it.
 
-    COCO JSON (`instances*.json` or Roboflow's `_annotations.coco.json` beside the images, see `headkit.coco`) is
-    checked record by record and written out in YOLO layout in a new folder; class ids follow the category ids in
-    ascending order.
+    Without YOLO label files, any JSON file near the top holding COCO `images`, `annotations` and `categories` lists
+    (Roboflow's `_annotations.coco.json`, COCO's and CVAT's `instances_*.json`, Label Studio's `result.json`; see
+    `headkit.coco`) is checked record by record and written out in YOLO layout in a new folder; class ids follow the
+    category ids in ascending order. Other JSON files are ignored with a note.
+
+    Without a val split, `val_fraction` of the train images (chosen by a hash of their names: the same every time)
+    become the val split, and a note says so.
 
     A zip is always rebuilt: only images, label .txt files, classes.txt and the root yaml are extracted, and the
     dataset is laid out afresh in a new folder under `work_dir` (a new temporary folder when None), so nothing else
@@ -114,11 +118,13 @@ def load_dataset(
         val_fraction: Share of train images moved to val when there is no val split.
         limits: Bounds for zip uploads.
         resource_limits: `max_classes` and `max_class_name_chars`, checked as soon as data.yaml or classes.txt is
-            read, before anything per class or per image; None: `current_limits()` (defaults raised or lowered by
+            read, before anything per class or per image; `max_boxes_per_image` per label file or COCO image; the
+            `max_json_*` limits before a JSON file is parsed; None: `current_limits()` (defaults raised or lowered by
             `HEADKIT_MAX_*` environment variables).
 
     Raises:
-        LimitExceeded: Too many classes (data.yaml `names:`/`nc:`, classes.txt) or a too long class name.
+        LimitExceeded: Too many classes (data.yaml `names:`/`nc:`, classes.txt), a too long class name, too many boxes
+            on one image, or a JSON file too big, with too many records or values.
         DatasetError: The dataset cannot be trained on as it is; the message says where, why and how to fix it.
     """
     if not 0 < val_fraction < 1:
@@ -128,16 +134,11 @@ def load_dataset(
     options = {"base_names": base_names, "val_fraction": val_fraction, "limits": resource_limits}
     try:
         if source.is_dir():
-            if is_coco_dataset(source):
-                return _load_coco(source, job, notes=[], **options)
-            return _load(source, job, from_zip=False, notes=[], **options)
+            return _load_any(source, job, from_zip=False, notes=[], **options)
         if source.is_file() and source.suffix.lower() == ".zip":
             extracted = job.path / "extracted"
             notes = extract_zip(source, extracted, limits=limits, keep=is_dataset_file, kept=DATASET_FILES)
-            if is_coco_dataset(extracted):
-                summary = _load_coco(extracted, job, notes=notes, **options)
-            else:
-                summary = _load(extracted, job, from_zip=True, notes=notes, **options)
+            summary = _load_any(extracted, job, from_zip=True, notes=notes, **options)
             shutil.rmtree(extracted, ignore_errors=True)  # what is left: files no split uses
             return summary
         found = "nothing" if not source.exists() else f"a {source.suffix or 'extension-less'} file"
@@ -169,18 +170,30 @@ class _Job:
             shutil.rmtree(self._path, ignore_errors=True)
 
 
-def is_coco_dataset(folder: Path) -> bool:
-    """A folder whose boxes are in COCO JSON: annotation files found and no YOLO label files beside them."""
-    return bool(find_coco_files(folder)) and not any(
-        p.name != "classes.txt" for p in folder.rglob("*.txt") if "labels" in p.parts
-    )
+def _has_yolo_labels(folder: Path) -> bool:
+    return any(p.name != "classes.txt" for p in folder.rglob("*.txt") if "labels" in p.parts)
 
 
-def _load_coco(base: Path, job: _Job, *, notes: list[str], **options) -> DatasetSummary:
-    """Convert COCO JSON (every record checked) into a YOLO folder in the job, then validate that like any upload."""
+def _load_any(base: Path, job: _Job, *, from_zip: bool, notes: list[str], **options) -> DatasetSummary:
+    """YOLO labels if there are any; else COCO JSON (every record checked, converted into a YOLO folder in the job).
+
+    JSON files are parsed only when there are no YOLO labels; the ones that are not COCO are named in the notes, and
+    in the refusal when no other annotations are found either.
+    """
+    if _has_yolo_labels(base):
+        return _load(base, job, from_zip=from_zip, notes=notes, **options)
+    found, ignored = find_coco_files(base, limits=options["limits"])
+    if not found:
+        try:
+            return _load(base, job, from_zip=from_zip, notes=[*notes, *ignored], **options)
+        except DatasetError as e:
+            if not ignored:
+                raise
+            raise DatasetError(f"{e}; JSON files seen: {'; '.join(ignored)}") from e
     converted = job.path / "converted"
-    _, more = convert_coco(base, converted, limits=options["limits"])
-    summary = _load(converted, job, from_zip=True, notes=[*notes, *more], **options)
+    more = convert_coco(found, base, converted, limits=options["limits"], move=from_zip)  # an extraction is ours
+    del found  # the parsed JSON, before the converted dataset is checked
+    summary = _load(converted, job, from_zip=True, notes=[*notes, *ignored, *more], **options)
     shutil.rmtree(converted, ignore_errors=True)
     return summary
 
@@ -202,7 +215,7 @@ def _load(
     data = load_yaml(yaml_path, yaml_rel, max_bytes=names_file_bytes(limits)) if yaml_path else {}
     txt = find_classes_txt(root, dirs)
     names = read_names(data, yaml_rel, txt, rel(txt, base) if txt else "", limits=limits)
-    records = {split: _scan_split(d, base, len(names), notes, split) for split, d in dirs.items()}
+    records = {split: _scan_split(d, base, len(names), notes, split, limits) for split, d in dirs.items()}
     records = {split: records[split] for split in ("train", "val", "test") if records.get(split)}
     if not records:
         formats = ", ".join(sorted(IMG_FORMATS))
@@ -213,6 +226,11 @@ def _load(
     in_place = not from_zip and "val" in records and is_normalized(data, yaml_path, root, {s: dirs[s] for s in records})
     if "val" not in records:
         records["train"], records["val"] = split_val(records["train"], val_fraction, root.name)
+        notes.append(
+            f"no val split: {len(records['val'])} of the {len(records['val']) + len(records['train'])} train images "
+            f"({val_fraction:.0%}) were set aside as val, chosen by a hash of their file names (the same every time); "
+            "add a val split to choose them yourself"
+        )
     out = root if in_place else job.path / "dataset"
     yaml_out = yaml_path if in_place else materialize(records, names, out, move=from_zip)
     try:
@@ -256,7 +274,7 @@ def _check_image(path: Path, where: str) -> None:
         raise DatasetError(f"{where}: {size[0]}x{size[1]} pixels; Ultralytics skips images under 10 px, delete it")
 
 
-def _scan_split(images_dir: Path, base: Path, nc: int, notes: list[str], split: str) -> list[Record]:
+def _scan_split(images_dir: Path, base: Path, nc: int, notes: list[str], split: str, limits: Limits) -> list[Record]:
     """Check every image and label of one split; record its boxes and note background images and orphan labels."""
     images = sorted(
         p
@@ -272,9 +290,8 @@ def _scan_split(images_dir: Path, base: Path, nc: int, notes: list[str], split: 
         classes = []
         if label.is_file():
             where = rel(label, base)
-            for no, line in enumerate(read_text(label, where).splitlines(), 1):
-                if line.strip():
-                    classes.append(parse_label_line(line, nc=nc, file=where, line_no=no)[0])
+            for no, line in read_label_rows(label, where, limits=limits):
+                classes.append(parse_label_line(line, nc=nc, file=where, line_no=no)[0])
         if not classes:
             background.append(rel(image, base))
         records.append(Record(image, images_dir, classes))

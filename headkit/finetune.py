@@ -3,26 +3,29 @@
 This is what headkit avoids: every layer trains on the new data, the base head is replaced by one for the new
 classes, and the base's own classes are forgotten. The app trains it on request after a head so that Compare can show
 the difference on the user's own image. The weights are stored as safetensors (architecture rows and names in the
-metadata) and rebuilt with Ultralytics' own model builder: no pickle is ever written or read.
+metadata) and loaded into a copy of the base it was tuned from, its Detect replaced by one for the file's classes:
+no pickle is ever written or read, and nothing is built from what the file records (its rows are only compared).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 from ultralytics import YOLO
 
+from .branch import check_rows_match, check_shapes
+from .headfile import check_names, describe_detect, new_detect, read_header
+from .limits import Limits
 from .model import clone_model, ensure_detect_base
 from .progress import TrainingCancelled, TrainProgress, attach_callbacks, discard_checkpoints
+from .settings import current_limits
 from .trunk import detection_model
 
 FORMAT = "headkit.finetune/1"
@@ -91,29 +94,84 @@ def save_finetuned(model, path: str | Path) -> Path:
     return path
 
 
-def load_finetuned(path: str | Path) -> YOLO:
-    """Rebuild a model saved by `save_finetuned` with Ultralytics' builder and load its weights (strictly).
+def load_finetuned(path: str | Path, base, *, limits: Limits | None = None) -> YOLO:
+    """Load a model saved by `save_finetuned` into a copy of `base` (the model it was tuned from), strictly.
+
+    The file's rows are compared with the base's as data, its class names bounded, and its tensor shapes compared
+    with the rebuilt model's before any tensor is read.
 
     Raises:
-        ValueError: not a file written by `save_finetuned`, or its tensors do not fit its architecture.
+        ValueError: not a file written by `save_finetuned`, rows other than the base's, or tensors that do not fit.
+        LimitExceeded: too many classes or over-long names (`limits`, default the limits in force).
     """
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path.name}: not a fine-tuned model saved by headkit (format {metadata.get('format')!r})")
-    names = {int(k): v for k, v in json.loads(metadata["names"]).items()}
-    layout = {**json.loads(metadata["yaml"]), "nc": len(names)}
-    with tempfile.TemporaryDirectory() as folder:  # Ultralytics builds a model from a YAML file
-        architecture = Path(folder) / "finetuned.yaml"
-        architecture.write_text(yaml.safe_dump(layout, sort_keys=False))
-        model = YOLO(str(architecture), task="detect")
-    inner = detection_model(model)
+    path, limits = Path(path), limits or current_limits()
+    where = path.name
+    # a fine-tune is the whole base (fp16): allow the base's fp32 size on top of a head's
+    base_mb = sum(v.numel() * 4 for v in detection_model(base).state_dict().values()) / 2**20
+    raw, shapes = read_header(path, replace(limits, max_head_mb=limits.max_head_mb + base_mb))
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a fine-tuned model saved by headkit (format {str(raw.get('format'))[:40]!r})")
     try:
-        inner.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path.name}: its tensors do not fit its architecture ({e})") from e
-    inner.names = names
+        names = json.loads(raw.get("names", ""))
+        recorded = json.loads(raw["yaml"]) if "yaml" in raw else None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{where}: metadata is not headkit's JSON ({e}); train the fine-tune again") from e
+    if not isinstance(names, dict) or not names or set(names) != {str(i) for i in range(len(names))}:
+        raise ValueError(f"{where}: metadata 'names' should map class ids 0..n-1 to names; train the fine-tune again")
+    check_names(names, where, limits)
+    if recorded is not None:
+        _check_recorded(recorded, base, where)
+    model = _base_with_classes(base, {int(k): str(v) for k, v in names.items()})
+    inner = detection_model(model)
+    expected = {key: tuple(value.shape) for key, value in inner.state_dict().items()}
+    check_shapes(expected, shapes, where, f"this base fine-tuned on {len(names)} classes")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    inner.load_state_dict(tensors, strict=True)
     inner.eval()
+    return model
+
+
+def _check_recorded(recorded: Any, base, where: str) -> None:
+    """Refuse a recorded architecture other than the base's: rows row by row, then other keys by value (not nc).
+
+    Raises:
+        ValueError: not a mapping, a key whose value differs from the base's YAML, or rows other than the base's.
+    """
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{where}: its recorded architecture is not a mapping; train the fine-tune again")
+    check_rows_match({key: recorded.get(key) for key in ("backbone", "head")}, base, where)
+    ours = detection_model(base).yaml
+    for key, value in recorded.items():
+        if key not in ("nc", "backbone", "head") and json.dumps(value, default=str) != json.dumps(
+            ours.get(key), default=str
+        ):
+            raise ValueError(
+                f"{where}: its recorded '{str(key)[:40]}' differs from this base's; it was tuned from another base — "
+                "compare it with the base it was tuned from"
+            )
+
+
+def _base_with_classes(base, names: dict[int, str]) -> YOLO:
+    """A copy of the base with a fresh Detect for `names` (same layout), as fine-tuning the base on them leaves it."""
+    ensure_detect_base(base)
+    model = clone_model(base)
+    inner = detection_model(model)
+    old = inner.model[-1]
+    layout = describe_detect(old)
+    new = new_detect(
+        len(names),
+        layout["channels"],
+        reg_max=layout["reg_max"],
+        legacy=layout["legacy"],
+        activation=layout["activation"],
+        end2end=layout["end2end"],
+    )
+    new.stride = old.stride.clone()
+    new.f, new.i, new.type, new.np = old.f, old.i, old.type, sum(p.numel() for p in new.parameters())
+    new.inplace = getattr(old, "inplace", True)
+    parameter = next(old.parameters())
+    inner.model[-1] = new.to(device=parameter.device, dtype=parameter.dtype).requires_grad_(False).eval()
+    inner.names, inner.nc = names, len(names)
+    inner.yaml = {**inner.yaml, "nc": len(names)}
     return model

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +22,16 @@ from ultralytics.nn.modules.conv import Conv, DWConv
 from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.torch_utils import initialize_weights
 
-from .branch import Branch, architecture, branch_tensors, build_layers, check_architecture
+from .branch import (
+    BRANCH_PREFIX,
+    Branch,
+    architecture,
+    branch_tensors,
+    check_branch_data,
+    check_branch_fits_base,
+    check_shapes,
+    copy_layers,
+)
 from .kinds import HeadKind, branch_inputs
 from .limits import Limits
 from .model import ensure_detect_base, model_source
@@ -31,8 +42,17 @@ from .trunk import compare_trunks, detection_model, fingerprint, head_index
 LOGGER = logging.getLogger(__name__)
 FORMAT = "headkit.head/1"  # a Detect head alone
 BRANCH_FORMAT = "headkit.head/2"  # a Detect head with its own copy of the base's layers from a branch start on
-BRANCH_PREFIX = "branch."  # tensor keys of the branch layers: branch.<layer>.<name>
 _LEGACY_PREFIXES = ("model.model.", "model.")
+# Bounds on a declared Detect layout, checked before anything is allocated. Ultralytics' widest detect models feed
+# their head 640 channels (YOLOv8x/YOLO11x, P6 included) from at most 4 levels (P2..P5, P3..P6) with reg_max 16 (1 for
+# YOLO26); these leave 6x, 2x and 4x headroom. The head's size in bytes is bounded separately (max_head_mb).
+MAX_LEVELS = 8
+MAX_CHANNELS = 4096
+MAX_REG_MAX = 64
+MAX_STRIDE = 1024
+# A head's safetensors header (names, metadata, tensor table) is tens of KiB; 1,500 non-ASCII class names of 100
+# characters, escaped twice, stay under 2 MiB.
+MAX_HEADER_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -96,7 +116,8 @@ class Head:
         return path
 
     def build(self, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Detect:
-        """A ready Detect module (eval mode, no gradients) for this head."""
+        """A ready Detect module (eval mode, no gradients) for this head; its layout is bounded before it is built."""
+        check_layout(self.metadata, _where(self))
         detect = new_detect(
             self.nc,
             self.channels,
@@ -109,16 +130,28 @@ class Head:
         detect.stride = torch.tensor(self.metadata["strides"], dtype=torch.float32)
         return detect.to(device=device, dtype=dtype).requires_grad_(False).eval()
 
-    def build_branch(self, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Branch:
-        """A ready Branch module (its layers and Detect, eval mode, no gradients) for a branch head."""
-        branch = self.metadata["branch"]
-        start = int(branch["start"])
-        layers = build_layers(branch["architecture"], start, self.nc)
+    def build_branch(self, base, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Branch:
+        """A ready Branch module (eval mode, no gradients) for a branch head joining `base`.
+
+        Its layers are deep copies of the base's own (the base is trusted; the file is not), holding this head's
+        tensors; the recorded rows, inputs and tensor shapes must equal the base's, checked before anything is built.
+
+        Raises:
+            ValueError: the head's branch differs from the base's layers in any recorded row, index or shape.
+        """
+        branch = self.metadata.get("branch")
+        shapes = {key: tuple(value.shape) for key, value in self.tensors.items()}
+        check_branch_fits_base(branch, shapes, base, _where(self))
         owned = {k[len(BRANCH_PREFIX) :]: v for k, v in self.tensors.items() if k.startswith(BRANCH_PREFIX)}
-        layer_state = {f"{int(key.split('.', 1)[0]) - start}.{key.split('.', 1)[1]}": v for key, v in owned.items()}
-        nn.ModuleList(layers).load_state_dict(layer_state, strict=True)
+        layers = copy_layers(base, branch["start"], owned)
         module = Branch(layers, self.build(), branch["inputs"], branch["detect_from"])
         return module.to(device=device, dtype=dtype).requires_grad_(False).eval()
+
+
+def _where(head: Head) -> str:
+    """How refusals name a head before its names are known to be well formed."""
+    label = head.metadata.get("label")
+    return f"head '{label[:60]}'" if isinstance(label, str) and label else "head"
 
 
 def _compact(tensor: torch.Tensor) -> torch.Tensor:
@@ -283,6 +316,81 @@ def check_names(names: dict, where: str, limits: Limits) -> None:
             raise ValueError(f"{where}: class {key}'s name {text[:40]!r} holds control characters; rename the class")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def check_layout(metadata: dict[str, Any], where: str) -> None:
+    """Refuse a declared Detect layout outside headkit's bounds (`MAX_*`) or of the wrong types, before it is built.
+
+    Raises:
+        ValueError: names not keyed 0..n-1, channels/strides/reg_max out of bounds, or legacy/end2end not booleans.
+    """
+    names = metadata.get("names")
+    if not isinstance(names, dict) or not names or set(names) != {str(i) for i in range(len(names))}:
+        raise ValueError(f"{where}: metadata 'names' should map class ids 0..n-1 to names; save the head again")
+    channels, strides, reg_max = metadata.get("channels"), metadata.get("strides"), metadata.get("reg_max")
+    levels = isinstance(channels, list) and 1 <= len(channels) <= MAX_LEVELS
+    if not levels or not all(_is_int(c) and 1 <= c <= MAX_CHANNELS for c in channels):
+        raise ValueError(
+            f"{where}: metadata 'channels' {_shown(channels)} should list 1..{MAX_LEVELS} feature-map widths of "
+            f"1..{MAX_CHANNELS}; this is not a head headkit made — save it again with headkit"
+        )
+    if not _is_int(reg_max) or not 1 <= reg_max <= MAX_REG_MAX:
+        raise ValueError(f"{where}: metadata 'reg_max' {_shown(reg_max)} should be an integer in 1..{MAX_REG_MAX}")
+    if not (isinstance(strides, list) and len(strides) == len(channels)) or not all(
+        _is_number(v) and 0 < v <= MAX_STRIDE for v in strides
+    ):
+        raise ValueError(
+            f"{where}: metadata 'strides' {_shown(strides)} should be {len(channels)} numbers in (0, {MAX_STRIDE}], one "
+            "per feature map"
+        )
+    for key in ("legacy", "end2end"):
+        if not isinstance(metadata.get(key, key == "end2end" or None), bool):
+            raise ValueError(f"{where}: metadata '{key}' should be true or false, got {_shown(metadata.get(key))}")
+    activation = metadata.get("activation") or DEFAULT_ACTIVATION
+    numbers = isinstance(activation, dict) and all(_is_number(v) for k, v in activation.items() if k != "type")
+    if not numbers or activation.get("type") not in _ACTIVATIONS:
+        raise ValueError(
+            f"{where}: metadata 'activation' {_shown(activation)} is not an activation headkit builds; expected a "
+            f"type among {', '.join(_ACTIVATIONS)}"
+        )
+
+
+def declared_detect(metadata: dict[str, Any], where: str, limits: Limits) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the Detect a (layout-checked) head declares, measured on torch's "meta" device.
+
+    Nothing is allocated: the meta module has shapes only. Its fp32 size is checked against `max_head_mb` first.
+
+    Raises:
+        LimitExceeded: the declared head would take more than `limits.max_head_mb`.
+    """
+    with torch.device("meta"):
+        detect = new_detect(
+            len(metadata["names"]),
+            metadata["channels"],
+            reg_max=metadata["reg_max"],
+            legacy=metadata["legacy"],
+            activation=metadata.get("activation") or DEFAULT_ACTIVATION,
+            end2end=bool(metadata.get("end2end", False)),
+        )
+    state = detect.state_dict()
+    size = sum(value.numel() * 4 for value in state.values()) / 2**20  # built in float32
+    nc = len(metadata["names"])
+    what = f"{nc} class{'es' if nc != 1 else ''} over channels {metadata['channels']}, reg_max {metadata['reg_max']}"
+    limits.check("max_head_mb", round(size, 1), f"{where}: the declared Detect head ({what}) in MiB")
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
 def _tensor_bytes(shape: list[int], dtype: str) -> int:
     size = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2}.get(dtype, 4)
     count = 1
@@ -291,8 +399,23 @@ def _tensor_bytes(shape: list[int], dtype: str) -> int:
     return count * size
 
 
-def _read_safetensors(path: Path, limits: Limits) -> Head:
-    limits.check("max_head_mb", path.stat().st_size / 2**20, f"{path.name}: file size in MiB")
+def read_header(path: Path, limits: Limits) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """A safetensors file's metadata strings and tensor shapes, from its header only (no tensor data is read).
+
+    Raises:
+        LimitExceeded: the file, or its tensors, are over `max_head_mb`.
+        ValueError: not a safetensors file, or a header over `MAX_HEADER_BYTES`.
+    """
+    size = path.stat().st_size
+    limits.check("max_head_mb", size / 2**20, f"{path.name}: file size in MiB")
+    with path.open("rb") as f:
+        start = f.read(8)
+    declared = struct.unpack("<Q", start)[0] if len(start) == 8 else 0
+    if MAX_HEADER_BYTES < declared <= size - 8:  # a longer claim than the file is safe_open's to report
+        raise ValueError(
+            f"{path.name}: its header takes {declared / 2**20:.1f} MiB; a head's takes at most "
+            f"{MAX_HEADER_BYTES // 2**20} MiB — this is not a head headkit made"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:  # reads the header only
             raw = f.metadata() or {}
@@ -301,58 +424,68 @@ def _read_safetensors(path: Path, limits: Limits) -> Head:
         raise ValueError(
             f"{path.name}: not a readable .safetensors file ({e}); download or export the head again"
         ) from e
-    try:
-        names = json.loads(raw.get("names", "{}"))
-    except json.JSONDecodeError:
-        names = None  # reported with the rest of the metadata below
-    if isinstance(names, dict):
-        check_names(names, path.name, limits)  # before a single tensor is read
     total = sum(_tensor_bytes(shape, dtype) for shape, dtype in shapes.values())
     limits.check("max_head_mb", total / 2**20, f"{path.name}: tensor data in MiB")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    return raw, {key: tuple(shape) for key, (shape, _) in shapes.items()}
+
+
+def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
     try:
-        metadata = {key: json.loads(value) for key, value in raw.items()}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path.name}: metadata is not headkit's JSON ({e}); was this file written by headkit?") from e
+        return {key: json.loads(value) for key, value in raw.items()}
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{where}: metadata is not headkit's JSON ({e}); was this file written by headkit?") from e
+
+
+def _check_format(metadata: dict[str, Any], where: str) -> None:
     form = metadata.pop("format", None)
     if form not in (FORMAT, BRANCH_FORMAT):
         raise ValueError(
-            f"{path.name}: not a headkit head (metadata 'format' should be '{FORMAT}' or '{BRANCH_FORMAT}'); heads "
+            f"{where}: not a headkit head (metadata 'format' should be '{FORMAT}' or '{BRANCH_FORMAT}'); heads "
             "are made by headkit.extract_head / train_head and saved with Head.save"
         )
     if (form == BRANCH_FORMAT) != isinstance(metadata.get("branch"), dict):
         raise ValueError(
-            f"{path.name}: format '{form}' but {'no' if form == BRANCH_FORMAT else 'a'} 'branch' entry in its "
+            f"{where}: format '{form}' but {'no' if form == BRANCH_FORMAT else 'a'} 'branch' entry in its "
             "metadata; the file was altered — save the head again with headkit"
         )
     missing = {"names", "channels", "reg_max", "strides", "legacy", "base_fingerprint"} - metadata.keys()
     if missing:
-        raise ValueError(f"{path.name}: head metadata lacks {sorted(missing)}; save the head again with headkit")
+        raise ValueError(f"{where}: head metadata lacks {sorted(missing)}; save the head again with headkit")
     if not isinstance(metadata["names"], dict):
-        raise ValueError(f"{path.name}: metadata 'names' should map class ids to names; save the head again")
-    head = Head(tensors, metadata)
-    if head.kind.is_branch:
-        _check_branch_metadata(metadata["branch"], path.name)
+        raise ValueError(f"{where}: metadata 'names' should map class ids to names; save the head again")
+
+
+def _read_safetensors(path: Path, limits: Limits) -> Head:
+    """Check the header (sizes, metadata, declared layout, tensor shapes) in full, then read the tensors.
+
+    A branch head's layers are not built here: that needs the base they copy (`Head.build_branch`).
+    """
+    where = path.name
+    raw, shapes = read_header(path, limits)
     try:
-        head.build_branch() if head.kind.is_branch else head.build()
+        names = json.loads(raw.get("names", "{}"))
+    except (json.JSONDecodeError, RecursionError):
+        names = None  # reported with the rest of the metadata below
+    if isinstance(names, dict):
+        check_names(names, where, limits)
+    metadata = _parse_metadata(raw, where)
+    _check_format(metadata, where)
+    check_layout(metadata, where)
+    expected = declared_detect(metadata, where, limits)
+    given = {key: shape for key, shape in shapes.items() if not key.startswith(BRANCH_PREFIX)}
+    check_shapes(expected, given, where, f"the Detect head its metadata declares ({len(metadata['names'])} classes)")
+    if metadata.get("branch") is not None:
+        check_branch_data(metadata["branch"], list(shapes), where)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    head = Head(tensors, metadata)
+    try:
+        head.build()
     except (RuntimeError, TypeError, KeyError, ValueError, IndexError) as e:
         raise ValueError(
-            f"{path.name}: its tensors do not match its metadata ({e}); save the head again with headkit"
+            f"{where}: its tensors do not match its metadata ({e}); save the head again with headkit"
         ) from e
     return head
-
-
-def _check_branch_metadata(branch: dict, where: str) -> None:
-    """Refuse branch metadata that is malformed or names non-layers, before Ultralytics' parser sees it."""
-    rows = check_architecture(branch.get("architecture"), where)
-    layers = len(rows["backbone"]) + len(rows["head"])
-    start, inputs = branch.get("start"), branch.get("inputs")
-    if not isinstance(start, int) or not 1 <= start < layers - 1:
-        raise ValueError(f"{where}: branch start {start!r} is not a layer between 1 and {layers - 2}; save it again")
-    ints = isinstance(inputs, list) and isinstance(branch.get("detect_from"), list)
-    if not ints or not all(isinstance(i, int) and 0 <= i < start for i in inputs):
-        raise ValueError(f"{where}: branch inputs {inputs!r} should be shared layers before {start}; save it again")
 
 
 def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None, limits: Limits) -> Head:

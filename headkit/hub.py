@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from .filenames import safe_name
 from .headfile import Head
-from .jobs import safe_name
 from .kinds import HeadKind
 from .settings import Settings
 from .sources import HF_SCHEME, official_hub_file, parse_hub_url

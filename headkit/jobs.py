@@ -5,29 +5,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import re
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .disk import DiskFigure, remove_old
+from .filenames import safe_name
 from .finetune import FineTuneResult, finetune, save_finetuned
 from .headfile import Head
 from .limits import Limits
 from .train import TrainProgress, TrainResult, train_head
 
+if TYPE_CHECKING:
+    from .keys import UserKeys
+
 LOGGER = logging.getLogger(__name__)
-_UNSAFE = re.compile(r"[^\w.\-]+")
 _STOP_FILE = ".stop"
-
-
-def safe_name(text: str, *, default: str = "head") -> str:
-    """A file-name stem made of letters, digits, `_`, `-` and `.` only, never starting with a dot (≤ 64 chars)."""
-    name = _UNSAFE.sub("_", Path(str(text)).name).strip("._-")[:64]
-    return name or default
 
 
 class Job:
@@ -136,19 +133,24 @@ class Job:
             "max_session_mb", round(self.disk_mb(), 1), "this session's files (uploads, datasets, runs, heads) in MiB"
         )
 
-    def train(self, base, data: str | Path, **kwargs: Any) -> Iterator[TrainProgress | TrainResult]:
+    def train(
+        self, base, data: str | Path, *, stop: Callable[[], bool] | None = None, **kwargs: Any
+    ) -> Iterator[TrainProgress | TrainResult]:
         """Run `train_head` in a thread, yielding its progress reports and, last, the TrainResult.
 
-        Training runs under `<job>/runs`; `request_stop()` (or closing this iterator) stops it after the current batch.
+        Training runs under `<job>/runs`; `request_stop()`, `stop()` turning True (a `headkit.runs.Run`'s Stop or
+        time limit) or closing this iterator stops it after the current batch.
 
         Raises:
             TrainingCancelled: a stop was requested.
         """
-        yield from self._in_thread(train_head, base, data, **kwargs)
+        yield from self._in_thread(train_head, base, data, stop, **kwargs)
 
-    def finetune(self, base, data: str | Path, **kwargs: Any) -> Iterator[TrainProgress | FineTuneResult]:
+    def finetune(
+        self, base, data: str | Path, *, stop: Callable[[], bool] | None = None, **kwargs: Any
+    ) -> Iterator[TrainProgress | FineTuneResult]:
         """Run the comparison fine-tune (`headkit.finetune.finetune`) in a thread, like `train`, with the same Stop."""
-        yield from self._in_thread(finetune, base, data, **kwargs)
+        yield from self._in_thread(finetune, base, data, stop, **kwargs)
 
     def save_finetuned(self, model, name: str) -> Path:
         """Keep a fine-tuned model for the head `name` (safetensors, in the job; never offered as a pickle)."""
@@ -159,7 +161,11 @@ class Job:
         path = self.file("finetunes", f"{safe_name(name)}.safetensors")
         return path if path.is_file() else None
 
-    def _in_thread(self, work: Callable[..., Any], base, data: str | Path, **kwargs: Any) -> Iterator[Any]:
+    def _in_thread(
+        self, work: Callable[..., Any], base, data: str | Path, stop: Callable[[], bool] | None, **kwargs: Any
+    ) -> Iterator[Any]:
+        # A marker left from before this run (Stop pressed when nothing trained) must not stop it. A Stop pressed
+        # while a run waits for its slot is the Runs layer's (`Runs.stop`), which never relies on this marker.
         (self.path / _STOP_FILE).unlink(missing_ok=True)
         events: queue.Queue = queue.Queue()
         closed = threading.Event()
@@ -172,7 +178,7 @@ class Job:
                     data,
                     project=self.file("runs"),
                     progress=events.put,
-                    stop=lambda: closed.is_set() or self.stop_requested(),
+                    stop=lambda: closed.is_set() or self.stop_requested() or (stop is not None and stop()),
                     **kwargs,
                 )
             except BaseException as e:  # re-raised in the consumer's thread below
@@ -196,38 +202,75 @@ class Job:
 
 
 class JobRoot:
-    """The folder holding every session's job, keyed by a hash of the session id so folder names reveal nothing."""
+    """The folder holding every session's job, keyed by a hash of the session id so folder names reveal nothing.
 
-    def __init__(self, root: str | Path, *, max_age_s: float, sweep_every_s: float = 60.0) -> None:
+    With `served_dir` (the app's outputs in Gradio's cache) and `keys` (the user keys), the sweep removes old served
+    outputs and forgotten keys too, and `check_disk` bounds the disk of all of them together (`max_server_mb`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        max_age_s: float,
+        sweep_every_s: float = 60.0,
+        served_dir: str | Path | None = None,
+        keys: UserKeys | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.max_age_s = max_age_s
         self.sweep_every_s = sweep_every_s
+        self.served_dir = Path(served_dir).resolve() if served_dir is not None else None
+        self.keys = keys
         self._last_sweep = float("-inf")
         self._lock = threading.Lock()
+        self._disk = DiskFigure()
 
     def job(self, session: str | None) -> Job:
         """The job folder of `session` (created on first use); None gets a fresh, unnamed one."""
         self._maybe_sweep()
-        key = hashlib.sha256(session.encode()).hexdigest()[:32] if session else uuid.uuid4().hex
-        job = Job(self.root / key)
+        job = Job(self.path_of(session) if session else self.root / uuid.uuid4().hex)
         job.touch()
         return job
 
+    def path_of(self, session: str) -> Path:
+        """Where the job of `session` is (or would be); creates nothing."""
+        return self.root / hashlib.sha256(session.encode()).hexdigest()[:32]
+
     def sweep(self, *, now: float | None = None) -> list[Path]:
-        """Delete job folders unused (not touched) for longer than `max_age_s`; returns what was removed."""
+        """Delete job folders and served output folders unused (not touched) for longer than `max_age_s`, then the
+        user keys whose job folder is gone and that were not used for as long; returns what was removed."""
         now = time.time() if now is None else now
-        removed = []
-        for folder in sorted(self.root.glob("*")) if self.root.is_dir() else []:
-            try:
-                old = folder.is_dir() and not folder.is_symlink() and now - folder.stat().st_mtime > self.max_age_s
-            except FileNotFoundError:
-                continue
-            if old:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
+        removed = remove_old(self.root, now - self.max_age_s)
+        if self.served_dir is not None:
+            removed += remove_old(self.served_dir, now - self.max_age_s)
+        if self.keys is not None:
+            removed += self.keys.sweep(lambda owner: self.path_of(owner).is_dir(), max_age_s=self.max_age_s, now=now)
         if removed:
-            LOGGER.info("removed %d job folder(s) older than %.0fs", len(removed), self.max_age_s)
+            LOGGER.info("removed %d job/output folder(s) and key(s) older than %.0fs", len(removed), self.max_age_s)
+            self._disk.forget()
         return removed
+
+    def disk_mb(self, *, recount: bool = False) -> float:
+        """MiB on disk of every job folder, served output and key together: a figure a few seconds old at most
+        (see `headkit.disk.DiskFigure`), or counted now with `recount`."""
+        if recount:
+            self._disk.forget()
+        folders = [self.root, self.served_dir, self.keys.folder if self.keys else None]
+        return self._disk.mb([f for f in folders if f is not None])
+
+    def check_disk(self, limits: Limits) -> None:
+        """Refuse new work once the whole server's files are over `max_server_mb`; existing files stay.
+
+        Raises:
+            LimitExceeded: the server's job folders and served outputs are over the limit.
+        """
+        limits.check(
+            "max_server_mb",
+            round(self.disk_mb(), 1),
+            "disk taken by every session's files and served outputs on this server, in MiB (try again once old "
+            "sessions are swept)",
+        )
 
     def _maybe_sweep(self) -> None:
         with self._lock:

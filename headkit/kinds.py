@@ -43,7 +43,9 @@ class HeadKind:
     def of(cls, metadata: dict[str, Any]) -> HeadKind:
         branch = metadata.get("branch") or {}
         start = branch.get("start") if isinstance(branch, dict) else None
-        return cls(str(metadata.get("trained_with") or PLAIN), int(start) if start is not None else None)
+        if not isinstance(start, int) or isinstance(start, bool):  # a file's text; `headfile` refuses a bad start
+            start = None
+        return cls(str(metadata.get("trained_with") or PLAIN), start)
 
 
 def resolve_branch(base, branch: str | int) -> int | None:

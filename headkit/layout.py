@@ -10,15 +10,16 @@ from typing import NamedTuple
 import yaml
 from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 
-from headkit.coco import is_coco_file
 from headkit.labels import DatasetError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = "images/train + labels/train (Ultralytics) or train/images + train/labels (Roboflow)"
 _SKIPPED = {"__MACOSX"}
+JSON_PARTS = 3
+"""Deepest JSON file read as COCO annotations, in path parts: `export/annotations/instances_train.json`."""
 DATASET_FILES = (
-    "images (" + ", ".join(sorted(IMG_FORMATS)) + "), .txt labels and classes.txt, the dataset's yaml, and COCO JSON "
-    "(instances*.json, _annotations.coco.json)"
+    "images (" + ", ".join(sorted(IMG_FORMATS)) + "), .txt labels and classes.txt, the dataset's yaml, and JSON "
+    f"annotations (COCO, any name, at most {JSON_PARTS - 1} folders deep)"
 )
 """What `is_dataset_file` accepts, in words."""
 
@@ -48,8 +49,8 @@ def is_dataset_file(path: PurePosixPath) -> bool:
     it finds beside the labels, so such a file from a stranger would run code on the server.
     """
     suffix = path.suffix[1:].lower()
-    if suffix == "json":  # COCO annotations (read as JSON, never unpickled), by their exporters' file names
-        return is_coco_file(Path(path.name)) and len(path.parts) <= 4
+    if suffix == "json":  # COCO annotations under any name (read as JSON within the limits, never unpickled)
+        return len(path.parts) <= JSON_PARTS
     if suffix in {"yaml", "yml"}:
         return len(path.parts) <= 2  # the dataset root, or the one folder a zip wraps it in
     return suffix == "txt" or suffix in IMG_FORMATS

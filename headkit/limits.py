@@ -33,6 +33,7 @@ ENV = {
     "max_boxes_per_image": "HEADKIT_MAX_BOXES_PER_IMAGE",
     "max_json_mb": "HEADKIT_MAX_JSON_MB",
     "max_json_records": "HEADKIT_MAX_JSON_RECORDS",
+    "max_json_values": "HEADKIT_MAX_JSON_VALUES",
     "max_queued_runs": "HEADKIT_MAX_QUEUED_RUNS",
     "max_queued_runs_per_client": "HEADKIT_MAX_QUEUED_RUNS_PER_CLIENT",
     "max_kept_runs": "HEADKIT_MAX_KEPT_RUNS",
@@ -63,6 +64,8 @@ class Limits:
         max_json_mb: size of one JSON file (COCO annotations) read from an upload.
         max_json_records: objects and arrays in one JSON file (COCO images + annotations + categories), counted
             before it is parsed.
+        max_json_values: values and keys (objects, arrays, strings, numbers) in one JSON file, counted before it
+            is parsed; a 128 MB list of short strings would otherwise take ~1.8 GB once parsed.
         max_queued_runs: training runs waiting for the training slot, all clients together.
         max_queued_runs_per_client: runs one client (user key) may have waiting or running at once.
         max_kept_runs: finished runs whose records the server keeps for reconnecting pages.
@@ -85,6 +88,7 @@ class Limits:
     max_boxes_per_image: int = 1000
     max_json_mb: float = 128.0
     max_json_records: int = 1_000_000
+    max_json_values: int = 8_000_000
     max_queued_runs: int = 8
     max_queued_runs_per_client: int = 1
     max_kept_runs: int = 64

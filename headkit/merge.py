@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,10 +20,11 @@ from torch.nn import functional as F
 from ultralytics import YOLO
 from ultralytics.nn.modules.head import Detect
 
-from .branch import Branch, architecture
-from .headfile import Head, describe_detect
+from .branch import Branch, check_branch_fits_base
+from .filenames import safe_name
+from .headfile import Head, check_layout, describe_detect
 from .limits import Limits, output_mb
-from .model import clone_model, ensure_detect_base
+from .model import clone_model, ensure_detect_base, model_source
 from .settings import current_limits
 from .trunk import detection_model, fingerprint
 
@@ -153,7 +155,12 @@ def _unique_names(groups: Sequence[dict[int, str]]) -> dict[int, str]:
 
 
 def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) -> None:
-    """Refuse a head made for another trunk or channel layout, with both sides in the message."""
+    """Refuse a head made for another trunk or channel layout, with both sides in the message.
+
+    Everything is compared as data with the base's own facts (layout, rows, tensor shapes, fingerprint) before any
+    module is built; a head's declared layout is bounded first (`headfile.check_layout`).
+    """
+    check_layout(head.metadata, f"head '{_short(str(head.metadata.get('label') or 'unnamed'))}'")
     base_detect = detection_model(base).model[-1]
     layout = describe_detect(base_detect)
     label = head.label
@@ -173,37 +180,39 @@ def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) ->
             f"but this base provides {layout['channels']} (reg_max {layout['reg_max']}); it was made for another "
             "model size or family — load the base it was trained on, or train the head on this base"
         )
+    if [float(s) for s in head.metadata["strides"]] != layout["strides"]:
+        raise ValueError(
+            f"head '{label}' expects feature maps at strides {head.metadata['strides']}, but this base's are "
+            f"{layout['strides']}; load the base it was trained on, or train the head on this base"
+        )
     start = head.kind.branch_start
     if start is not None:
         check_branch_fits(head, base)
     ours = fingerprint(base, upto=start) if start is not None else base_fingerprint or fingerprint(base)
     if head.base_fingerprint != ours:
         raise ValueError(
-            f"head '{label}' was trained on base sha256 {head.base_fingerprint[:12]}…, but this base is "
+            f"head '{label}' was trained on base sha256 {str(head.base_fingerprint)[:12]}…, but this base is "
             f"{ours[:12]}…; load the matching base ({head.metadata.get('base_source') or 'source not recorded'}) "
             "or train the head on this base"
         )
 
 
 def check_branch_fits(head: Head, base) -> None:
-    """Refuse a branch head whose layers were built for another architecture than this base's."""
-    branch = head.metadata["branch"]
-    start, layers = int(branch["start"]), len(detection_model(base).model)
-    if not 1 <= start < layers - 1:
+    """Refuse a branch head whose recorded rows, indices or tensor shapes are not the base's own, before building.
+
+    Its layers will be deep copies of the base's layers from its start on, so the file's rows are compared with the
+    base's as data (naming the first differing row) and its tensors' shapes with those layers'.
+    """
+    branch = head.metadata.get("branch")
+    start, layers = branch.get("start") if isinstance(branch, dict) else None, len(detection_model(base).model)
+    if not (isinstance(start, int) and 1 <= start < layers - 1):
         raise ValueError(
             f"head '{head.label}' owns layers from {start} on, but this base has layers 0..{layers - 1}; load the base "
             "it was trained on"
         )
-
-    def rows(arch: dict) -> list:  # the layer graph; widths are the fingerprint's business (shared layers' shapes)
-        return [*arch["backbone"], *arch["head"]][:-1]
-
-    if rows(branch["architecture"]) != rows(architecture(base)):
-        raise ValueError(
-            f"head '{head.label}' has its own copy of layers {start}..{layers - 2} built for another architecture "
-            f"than this base's (its rows differ from the base's YAML); load the base it was trained on "
-            f"({head.metadata.get('base_source') or 'source not recorded'}) or train the head on this base"
-        )
+    shapes = {key: tuple(value.shape) for key, value in head.tensors.items()}
+    where = f"head '{head.label}' (its own copy of layers {start}..{layers - 2})"
+    check_branch_fits_base(branch, shapes, base, where)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -317,6 +326,18 @@ def guard_merged(model: YOLO) -> YOLO:
     return model
 
 
+def merged_file_name(base, heads: Sequence[Head], *, keep_base_head: bool = True) -> Path:
+    """`<base>+<head>+….pt` in the working directory: what the merged model's exports are named after.
+
+    Ultralytics names an export after the model's `pt_path` and writes it beside that file; a merged model copied
+    that path from its base, so `merged.export()` would have written over the base's own export, next to the base's
+    weights (often a shared cache). The merged model gets a name of its own instead, where Ultralytics puts new runs.
+    """
+    stem = Path(str(model_source(base) or getattr(detection_model(base), "pt_path", None) or "base")).stem
+    parts = ([safe_name(stem, default="base")] if keep_base_head else []) + [safe_name(h.label) for h in heads]
+    return Path.cwd() / ("+".join(parts)[:120] + ".pt")
+
+
 def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits | None = None) -> YOLO:
     """One model = the base trunk (byte for byte), the base's own head (if kept) and each extra head side by side.
 
@@ -346,7 +367,7 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     old = inner.model[-1]
     parameter = next(old.parameters())
     built = [
-        head.build_branch(device=parameter.device, dtype=parameter.dtype)
+        head.build_branch(base, device=parameter.device, dtype=parameter.dtype)
         if head.kind.is_branch
         else head.build(device=parameter.device, dtype=parameter.dtype)
         for head in heads
@@ -378,6 +399,7 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     merged.headkit_source = getattr(base, "headkit_source", None)
     merged.headkit_heads = [head.metadata for head in heads]
     merged.headkit_fingerprint = base_fingerprint
+    inner.pt_path = merged.ckpt_path = str(merged_file_name(base, heads, keep_base_head=keep_base_head))
     guard_merged(merged)
     LOGGER.info("merged %d head(s) onto %s: %d classes", len(heads), base_fingerprint[:12], len(names))
     return merged

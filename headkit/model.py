@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import zipfile
 from pathlib import Path
 
 from ultralytics import YOLO
+from ultralytics.nn import tasks
 from ultralytics.nn.modules.head import Detect
 
+from .basefile import load_base
 from .sources import resolve
 from .trunk import detection_model
 
@@ -20,18 +23,25 @@ ARCHITECTURE_SUFFIXES = (".yaml", ".yml")
 def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
     """Load a YOLO model from a local path, HEADKIT_WEIGHTS_DIR, `hf://owner/repo/file.pt[@rev]` or a bare name.
 
+    A `.safetensors` file is an embedded base (`headkit.basefile`): tensors only, rebuilt from Ultralytics' own
+    architecture files, no pickle. A head file is refused here with a pointer to `headkit.load_head`.
     A bare `*.yaml` name (e.g. `yolo11n.yaml`) builds that architecture with random weights, which is useful for
     structure checks offline. The source is remembered as `model.headkit_source` for head metadata.
     """
     text = str(source).strip()
     if text.lower().endswith(ARCHITECTURE_SUFFIXES) and not text.startswith("hf://"):
-        model = YOLO(text)
+        with _no_eval_parsing():
+            model = YOLO(text)
     else:
         path = resolve(text, revision=revision)
+        if path.suffix.lower() == ".safetensors":
+            model = load_base(path)
+            model.headkit_source = text
+            return model
         if path.suffix.lower() != ".pt":
             raise ValueError(
-                f"{path.name}: expected an Ultralytics model checkpoint (.pt), got a '{path.suffix}' file; heads "
-                "(.safetensors) are loaded with headkit.load_head"
+                f"{path.name}: expected an Ultralytics model checkpoint (.pt) or a headkit base (.safetensors), got a "
+                f"'{path.suffix}' file"
             )
         if not zipfile.is_zipfile(path):
             raise ValueError(
@@ -49,6 +59,26 @@ def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
     from .merge import guard_merged  # merge imports this module
 
     return guard_merged(model)  # a merged .pt refuses class-agnostic NMS as the merged model it was saved from did
+
+
+@contextlib.contextmanager
+def _no_eval_parsing():
+    """Build from a YAML with Ultralytics' restricted parser on this thread: no eval() of `activation`, layers only.
+
+    The YAML is the operator's (the app offers only the bases it is configured with) or Ultralytics' own; this is a
+    second wall. Ultralytics 8.4.190 exposes the switch only as ULTRALYTICS_SAFE_LOAD (read once, process-wide) and the
+    per-thread flag its own restricted loads set, which is used here and restored after.
+    """
+    state = getattr(tasks, "_SafeLoad", None)
+    if state is None or not state.SUPPORTED:  # an Ultralytics without it: the contract test says so
+        yield
+        return
+    before = getattr(state._local, "active", False)
+    state._local.active = True
+    try:
+        yield
+    finally:
+        state._local.active = before
 
 
 def model_source(model) -> str | None:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from .limits import Limits
 
-DEFAULT_BASE = "yolov8n.pt"
+# The embedded base's folder beside the package in a checkout (apart from weights/'s heads); searched last for bare
+# names.
+SHIPPED_BASES = Path(__file__).resolve().parents[1] / "weights" / "bases"
+# The embedded demo base (weights/bases/, safetensors, no pickle): every tab works offline with no setting at all.
+DEFAULT_BASE = "yolov8s-fall.safetensors"
+HUB_BASES = ("yolov8n.pt", "yolo11n.pt", "yolo26n.pt")
 
 
 def _paths(value: str) -> tuple[Path, ...]:
@@ -22,14 +27,16 @@ class Settings:
 
     Attributes:
         weights_dirs: folders searched first, by file name, for bare model/head names (`HEADKIT_WEIGHTS_DIR`,
-            several joined with the path separator).
+            several joined with the path separator); the shipped `weights/bases/` folder is searched after them.
         trusted_owners: Hub owners whose pickled `.pt` models may be loaded (`HEADKIT_TRUSTED_OWNERS`, comma list).
         hf_endpoint: Hub address (`HF_ENDPOINT`), e.g. a mirror.
         offline: never touch the network, use the cache only (`HF_HUB_OFFLINE`).
         token: Hub token (`HF_TOKEN`), None for anonymous access.
         hub_cache: Hub download cache (`HF_HUB_CACHE`, else `HF_HOME`/hub), None for huggingface_hub's default.
-        base: the app's base model (`HEADKIT_BASE`): a path, a bare name or `hf://`; default yolov8n.pt from the Hub.
-        bases: more bases the app offers in its picker (`HEADKIT_BASES`, comma list), loaded when first picked.
+        base: the app's base model (`HEADKIT_BASE`): a path, a bare name or `hf://`; default the embedded
+            `yolov8s-fall.safetensors` in weights/bases/ (no network needed).
+        bases: more bases the app offers in its picker after `base` (`HEADKIT_BASES`, comma list; default the
+            official yolov8n/yolo11n/yolo26n from the Hub), loaded when first picked.
         jobs_dir: root of the app's per-session job folders (`HEADKIT_JOBS_DIR`, default <tmp>/headkit-jobs).
         job_max_age_s: job folders unused for this long are deleted (`HEADKIT_JOB_MAX_AGE_S`, default 6 h).
         zero_gpu: running on ZeroGPU hardware (`SPACES_ZERO_GPU`): GPU work goes through `spaces.GPU` calls.
@@ -47,7 +54,7 @@ class Settings:
     token: str | None = None
     hub_cache: Path | None = None
     base: str = DEFAULT_BASE
-    bases: tuple[str, ...] = ("yolov8n.pt", "yolo11n.pt", "yolo26n.pt")
+    bases: tuple[str, ...] = HUB_BASES
     jobs_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "headkit-jobs")
     job_max_age_s: float = 6 * 3600.0
     zero_gpu: bool = False
@@ -68,9 +75,7 @@ class Settings:
             hub_cache=_hub_cache(),
             base=os.environ.get("HEADKIT_BASE", "").strip() or DEFAULT_BASE,
             bases=tuple(
-                b.strip()
-                for b in os.environ.get("HEADKIT_BASES", "yolov8n.pt,yolo11n.pt,yolo26n.pt").split(",")
-                if b.strip()
+                b.strip() for b in os.environ.get("HEADKIT_BASES", ",".join(HUB_BASES)).split(",") if b.strip()
             ),
             jobs_dir=Path(os.environ.get("HEADKIT_JOBS_DIR") or Path(tempfile.gettempdir()) / "headkit-jobs"),
             job_max_age_s=float(os.environ.get("HEADKIT_JOB_MAX_AGE_S", 6 * 3600)),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .limits import Limits
-from .settings import Settings
+from .settings import DEFAULT_BASE, SHIPPED_BASES, Settings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _points_at_branch_or_tag(hub_file: HubFile, settings: Settings, anonymous: b
 
 
 def _in_weights_dirs(name: str, settings: Settings) -> Path | None:
-    for folder in settings.weights_dirs:
+    for folder in (*settings.weights_dirs, SHIPPED_BASES):
         candidate = folder / name
         if candidate.is_file():
             return candidate
@@ -262,7 +262,7 @@ def resolve(
     anonymous: bool = False,
     limits: Limits | None = None,
 ) -> Path:
-    """Turn a source into a local file: local path, HEADKIT_WEIGHTS_DIR by file name, then the Hub.
+    """Turn a source into a local file: local path, HEADKIT_WEIGHTS_DIR then weights/bases/ by file name, then the Hub.
 
     Pickles (`.pt`, ...) from the Hub are taken only from trusted owners (HEADKIT_TRUSTED_OWNERS), at a branch or tag
     of theirs, checked before anything is downloaded.
@@ -287,6 +287,11 @@ def resolve(
         local = _in_weights_dirs(path.name, settings)
         if local:
             return local
+        if path.name == DEFAULT_BASE:  # the embedded base lives in weights/, never on the Hub
+            from .basefile import restore_hint
+
+            folders = ", ".join(map(str, (*settings.weights_dirs, SHIPPED_BASES)))
+            raise FileNotFoundError(f"the embedded base '{text}' is missing from {folders}; {restore_hint(Path(text))}")
         hub_file = official_hub_file(path.name, revision=revision)
         if hub_file is None:
             folders = ", ".join(map(str, settings.weights_dirs)) or "none set"

@@ -30,7 +30,7 @@ import headkit
 
 ENDPOINTS = {
     "load_model", "list_heads", "load_head", "compare", "load_dataset", "estimate_training", "train_head",
-    "stop_training", "convert_to_keypoints", "merge", "push_head", "compare_video", "resume",
+    "stop_training", "convert_to_keypoints", "merge", "push_head", "compare_video", "resume", "compare_webcam",
 }  # fmt: skip
 BUS_LINE = "Merged model: 4 base-class detections (base alone: 4); largest confidence change against the base: 0"
 
@@ -123,7 +123,7 @@ def test_compare_video_returns_a_playable_video_and_counts(client, base_name, bu
     assert "Video: h264" in probe and "yuv420p" in probe
     fake = tmp_path / "fake.mp4"
     fake.write_bytes(b"not a video at all")
-    with pytest.raises(AppError, match="fake.mp4: not a video OpenCV can read"):
+    with pytest.raises(AppError, match="fake.mp4: not a video ffmpeg can read"):
         client.predict(base_name, handle_file(fake), [], 0.25, 0.7, 320, api_name="/compare_video")
 
 
@@ -278,17 +278,18 @@ def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(
     assert client.predict(base_name, api_name="/list_heads")[0]
 
 
-def test_without_a_base_the_app_starts_and_says_how_to_fix_it(tmp_path, base_weights):
+def test_without_a_base_the_app_starts_and_says_how_to_fix_it(tmp_path, base_weights, bus_jpg):
     missing = "/nonexistent/yolov8n.pt"
     env = {"HEADKIT_BASE": str(base_weights), "HF_HUB_OFFLINE": "1"}
     with AppServer(tmp_path / "app", env, args=("--base", missing)) as server:
         client = Client(server.url, verbose=False)
         banner, info = client.predict(api_name="/load_model")  # --base wins over HEADKIT_BASE
         assert info == {"base": missing, "loaded": False, "error": banner}
-        assert f"Base model `{missing}` is not available" in banner and "--base" in banner
-        assert "HEADKIT_BASE=/path/to/model.pt" in banner
-        with pytest.raises(AppError, match="is not available"):
-            client.predict(missing, api_name="/list_heads")
+        assert f"Base model {missing} is not available" in banner and "--base" in banner  # plain text, no Markdown
+        assert "HEADKIT_BASE=/path/to/model.pt" in banner and "`" not in banner and "#" not in banner
+        assert client.predict(missing, api_name="/list_heads")[:2] == ([], "")  # said once, by the banner
+        with pytest.raises(AppError, match="is not available"):  # and by the action that needs the base
+            client.predict(missing, handle_file(bus_jpg), [], 0.25, 0.7, 640, api_name="/compare")
 
 
 ZERO_GPU_CHECK = """

@@ -124,18 +124,33 @@ def test_branch_head_on_another_base_is_refused(branch_head):
         (lambda m, t: m["branch"]["architecture"]["head"][0].__setitem__(2, "check_requirements"), "not a model layer"),
         (lambda m, t: m["branch"]["architecture"].__setitem__("activation", "__import__('os')"), "unexpected keys"),
         (lambda m, t: m["branch"].__setitem__("start", 30), "is not a layer between"),
-        (lambda m, t: t.pop("branch.12.cv1.conv.weight"), "do not match its metadata"),
+        (lambda m, t: m["branch"].__setitem__("detect_from", [15, 18, 99]), "should be layers it owns or reads"),
+        (lambda m, t: t.__setitem__("branch.99.w", torch.zeros(1)), r"tensor 'branch.99.w' is not"),
     ],
 )
 def test_altered_branch_files_are_refused_before_anything_runs(branch_head, tmp_path, change, message):
-    path = branch_head.save(tmp_path / "ok.safetensors")
+    bad = altered(branch_head, tmp_path, change)
+    with pytest.raises(ValueError, match=message):
+        headkit.load_head(bad)
+
+
+def altered(head, folder, change):
+    """A copy of `head`'s file with `change(metadata, tensors)` applied."""
+    path = head.save(folder / "ok.safetensors")
     with safe_open(str(path), framework="pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     change(meta, tensors)
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={k: json.dumps(v) for k, v in meta.items()})
-    with pytest.raises(ValueError, match=message):
-        headkit.load_head(tmp_path / "bad.safetensors")
+    save_file(tensors, str(folder / "bad.safetensors"), metadata={k: json.dumps(v) for k, v in meta.items()})
+    return folder / "bad.safetensors"
+
+
+def test_branch_tensors_are_checked_against_the_base_before_building(branch_head, base, tmp_path):
+    """Without a base, load_head cannot know a branch's tensors; the merge compares them with the base's layers."""
+    bad = altered(branch_head, tmp_path, lambda m, t: t.pop("branch.12.cv1.conv.weight"))
+    head = headkit.load_head(bad)
+    with pytest.raises(ValueError, match=r"do not match its metadata \(1 missing, 0 unexpected; it lacks 'branch.12"):
+        headkit.merge(base, head)
 
 
 def test_keypoint_trick_with_a_branch_trains_the_branch_neck(tmp_path, base, plates_dir):

@@ -116,6 +116,9 @@ def test_a_run_survives_a_page_reload(browser, tmp_path, base_weights, plates_di
         page.get_by_text("Epoch 1/8 done.").wait_for(timeout=120_000)
         page.reload()
         page.get_by_role("tab", name="Train").click()
-        page.get_by_text("it is now selectable in Compare").wait_for(timeout=180_000)  # the same run, finished
+        page.get_by_text("it is now selected in Compare").wait_for(timeout=180_000)  # the same run, finished
         head = page.locator("#head-out").inner_text(timeout=30_000)
+        page.get_by_role("tab", name="Compare").click()
+        chosen = page.locator("#compare-heads").inner_text(timeout=30_000)
     assert "tiny_plates\n.safetensors" in head  # the head, ready to download (name and extension shown apart)
+    assert "tiny_plates" in chosen and "license_plate_neck" not in chosen, chosen  # the new head alone, selected

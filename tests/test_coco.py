@@ -1,10 +1,12 @@
-"""COCO JSON datasets: the shared plates exported as COCO (Roboflow and COCO layouts) load as their YOLO originals do."""
+"""COCO JSON datasets: the shared plates exported as COCO (Roboflow, COCO, CVAT, Label Studio) load as their YOLO
+originals do."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from coco_export import export_coco, zipped
 
@@ -61,6 +63,9 @@ def _outside(data):
         (lambda d: d["annotations"][0].update(category_id=3), r"annotation id 100 has category id 3, which is not"),
         (_outside, r"annotation id 100: box .* lies outside its image"),
         (lambda d: d["images"].append(dict(d["images"][0])), r"image id 1 appears twice"),
+        (lambda d: d["images"].append({**d["images"][0], "id": 9}), r"image id 1 and .*image id 9 both name '\w+"),
+        (lambda d: d["images"][0].update(width="640"), r"image id 1 .* has no integer width and height \('640'"),
+        (lambda d: d["annotations"][0].update(image_id=[1]), r"annotation id 100 refers to image id \[1\]"),
         (lambda d: d["annotations"].append(dict(d["annotations"][0])), r"annotation id 100 appears twice"),
         (lambda d: d["images"][0].update(file_name="missing.jpg"), r"image id 1 'missing.jpg' was not found"),
         (lambda d: d["images"][0].update(width=4000), r"is \d+x\d+ pixels but the annotations say 4000x"),
@@ -92,3 +97,46 @@ def test_a_class_named_like_a_base_class_is_reported(tmp_path, plates_dir):
     summary = headkit.load_dataset(source, work_dir=tmp_path / "work", base_names=["Normal", "Fall"])
     assert summary.names == {0: "Fall"}
     assert any("'Fall' (id 0) is also a class of the base model" in note for note in summary.warnings)
+
+
+def rows(label: Path) -> np.ndarray:
+    return np.array([line.split() for line in label.read_text().splitlines()], dtype=np.float64).reshape(-1, 5)
+
+
+def test_a_label_studio_export_loads_box_for_box_with_a_val_split_made(tmp_path, plates_dir):
+    """Label Studio: one result.json beside images/, names like images\\x.jpg, ids from 0, no val split."""
+    source = export_coco(plates_dir, tmp_path / "ls", layout="label_studio", counts=(("train", 12),))
+    (source / "project.json").write_text(json.dumps({"title": "plates", "tasks": [{"id": 1}]}))
+    first = headkit.load_dataset(zipped(source), work_dir=tmp_path / "a")
+    assert first.names == {0: "license_plate"}
+    assert (first.splits["train"].images, first.splits["val"].images) == (10, 2)
+    assert [w for w in first.warnings if w.startswith("no val split: 2 of the 12 train images (20%)")]
+    assert [w for w in first.warnings if "export/project.json: not a COCO detection file" in w]
+    originals = {p.stem: rows(plates_dir / "labels" / "train" / f"{p.stem}.txt") for p in
+                 sorted((plates_dir / "images" / "train").glob("*.jpg"))[:12]}  # fmt: skip
+    converted = {p.stem.split("_", 1)[1]: rows(p) for p in first.root.glob("labels/*/*.txt")}
+    assert converted.keys() == originals.keys()
+    for stem, boxes in converted.items():
+        np.testing.assert_allclose(boxes, originals[stem], rtol=0, atol=1e-6, err_msg=stem)
+    again = headkit.load_dataset(source, work_dir=tmp_path / "b")  # the same val images, from a folder too
+    assert sorted(p.name for p in (again.root / "images" / "val").iterdir()) == sorted(
+        p.name for p in (first.root / "images" / "val").iterdir()
+    )
+
+
+def test_a_cvat_export_loads_with_a_val_split_made(tmp_path, plates_dir):
+    source = export_coco(plates_dir, tmp_path / "cvat", layout="cvat", counts=(("train", 6), ("val", 4)))
+    summary = headkit.load_dataset(zipped(source), work_dir=tmp_path / "work")
+    assert summary.names == {0: "license_plate"}
+    assert (summary.splits["train"].images, summary.splits["val"].images) == (8, 2)
+    assert summary.splits["train"].boxes + summary.splits["val"].boxes == boxes_of(plates_dir, "train", 6) + boxes_of(
+        plates_dir, "val", 4
+    )
+    assert any(w.startswith("no val split") for w in summary.warnings)
+
+
+def test_json_that_is_not_coco_is_named_when_nothing_else_is_found(tmp_path, plates_dir):
+    source = export_coco(plates_dir, tmp_path / "ls", layout="label_studio", counts=(("train", 3),))
+    (source / "result.json").write_text(json.dumps([{"image": "images/a.jpg", "label": [{"x": 1}]}]))  # JSON-MIN
+    with pytest.raises(DatasetError, match=r"no class names.*result\.json: not a COCO detection file .*, ignored"):
+        headkit.load_dataset(zipped(source), work_dir=tmp_path / "work")

@@ -86,3 +86,13 @@ def test_exporter_calls_on_export_start_before_writing():
 
     source = inspect.getsource(Exporter.__call__)
     assert source.index('self.run_callbacks("on_export_start")') < source.index('getattr(self, f"export_{fmt}")()')
+
+
+def test_the_restricted_parser_switch_headkit_sets_exists():
+    """headkit parses an operator's .yaml base with Ultralytics' restricted (no-eval) loader through its per-thread
+    flag; an upgrade that renames it must fail here, not silently parse with eval again."""
+    from ultralytics.nn import tasks
+
+    switch = getattr(tasks, "_SafeLoad", None)
+    assert switch is not None and switch.SUPPORTED
+    assert hasattr(switch, "_local") and callable(switch.restricted)

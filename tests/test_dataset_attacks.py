@@ -1,16 +1,31 @@
-"""Hostile dataset uploads, done the way the attacks work: a label cache that runs code, a yaml of 100,000 classes."""
+"""Hostile dataset uploads, done the way the attacks work: a label cache that runs code, a yaml of 100,000 classes,
+COCO records that copy one image 10,000 times, JSON that takes gigabytes or recursion to parse, 10,000 boxes."""
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import os
+import re
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+from coco_export import export_coco, zipped
 from conftest import copy_tiny_plates
+from dataset_attack_files import (
+    deeply_nested_json,
+    json_of_empty_objects,
+    json_of_short_strings,
+    label_file_with_boxes,
+    many_boxes_on_one_image,
+    one_image_many_records,
+)
 from pickle_payload import Payload
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_yolo_dataset
@@ -228,3 +243,135 @@ def test_deeply_nested_yaml_is_refused_quickly_without_crashing(plates_dir: Path
     with pytest.raises(DatasetError, match=r"data\.yaml line \d+: nested more than 32 levels deep"):
         load_dataset(data, work_dir=tmp_path / "work")
     assert time.perf_counter() - start < 5
+
+
+# --- every dimension of a dataset bounded: COCO records, JSON records, values and depth, boxes per image -------------
+
+
+@pytest.fixture
+def plate(plates_dir: Path) -> Path:
+    return sorted((plates_dir / "images" / "train").glob("*.jpg"))[0]
+
+
+def bytes_written_by(call: Callable[[], object]) -> tuple[int, BaseException | None]:
+    """Bytes this process passed to write/sendfile/copy_file_range during `call` (any file system), and its error."""
+    before = psutil.Process().io_counters().write_chars
+    try:
+        call()
+        error = None
+    except Exception as e:  # the refusal, returned for the caller to check
+        error = e
+    return psutil.Process().io_counters().write_chars - before, error
+
+
+def peak_rss_growth(call: Callable[[], object]) -> tuple[int, BaseException | None]:
+    """How far this process's peak RSS rose above its RSS at the start during `call`, and its error.
+
+    The peak is Linux's VmHWM, reset first: a sampling thread would miss it, as `json.loads` holds the GIL throughout.
+    """
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current RSS
+    start = psutil.Process().memory_info().rss
+    try:
+        call()
+        error = None
+    except Exception as e:
+        error = e
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) << 10
+    return peak - start, error
+
+
+def test_coco_records_reusing_one_image_are_refused_without_copying_it(plate: Path, tmp_path: Path):
+    archive = one_image_many_records(plate, tmp_path / "reuse.zip", records=10_000)
+    work = tmp_path / "work"
+    written, error = bytes_written_by(lambda: load_dataset(archive, work_dir=work))
+    assert isinstance(error, DatasetError), error
+    assert f"result.json image id 0 and export/result.json image id 1 both name 'images/{plate.name}'" in str(error)
+    assert written < 2 * archive.stat().st_size, f"{written:,} bytes written for a {archive.stat().st_size:,} byte zip"
+    assert_nothing_left(work)
+
+
+def test_a_coco_export_is_written_once(plates_dir: Path, tmp_path: Path):
+    """The extracted upload is moved into the dataset, not copied: disk written stays below twice what the zip holds."""
+    archive = zipped(export_coco(plates_dir, tmp_path / "rf", layout="roboflow", counts=(("train", 12), ("val", 6))))
+    held = sum(info.file_size for info in zipfile.ZipFile(archive).infolist())
+    written, error = bytes_written_by(lambda: load_dataset(archive, work_dir=tmp_path / "work"))
+    assert error is None and written < 1.5 * held, f"{written:,} bytes written for {held:,} bytes in the zip"
+
+
+def test_json_of_millions_of_empty_objects_is_refused_before_parsing(plate: Path, tmp_path: Path):
+    archive = json_of_empty_objects(plate, tmp_path / "objects.zip", objects=5_000_000)
+    grown, error = peak_rss_growth(lambda: load_dataset(archive, work_dir=tmp_path / "work"))
+    assert isinstance(error, LimitExceeded), error
+    assert "result.json: objects and arrays ('{' and '[' characters): 5,000,00" in str(error)
+    assert "over the limit of 1,000,000 (max_json_records)" in str(error) and "HEADKIT_MAX_JSON_RECORDS" in str(error)
+    parsed, _ = peak_rss_growth(lambda: json.loads(zipfile.ZipFile(archive).read("export/result.json")))
+    assert grown < 64 << 20 and parsed > 256 << 20, f"refused: {grown >> 20} MiB; parsed: {parsed >> 20} MiB"
+
+
+def test_json_of_millions_of_strings_is_refused_by_its_values(plate: Path, tmp_path: Path):
+    archive = json_of_short_strings(plate, tmp_path / "strings.zip", strings=20_000)
+    with pytest.raises(
+        LimitExceeded, match=r"result\.json: values and keys .*: 20,013 is over the limit of 10,000 \(max_json_v"
+    ):
+        load_dataset(archive, work_dir=tmp_path / "work", resource_limits=Limits(max_json_values=10_000))
+
+
+def test_deeply_nested_json_is_refused_with_a_message_not_a_recursion_error(plate: Path, tmp_path: Path):
+    archive = deeply_nested_json(plate, tmp_path / "deep.zip", depth=100_000)
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"export/result\.json: nested 100,001 levels deep; at most 32 are read"):
+        load_dataset(archive, work_dir=tmp_path / "work")
+    assert time.perf_counter() - start < 5
+
+
+def test_json_over_the_size_limit_is_not_read(plates_dir: Path, tmp_path: Path):
+    source = export_coco(plates_dir, tmp_path / "ls", layout="label_studio", counts=(("train", 3),))
+    data = json.loads((source / "result.json").read_text())
+    (source / "result.json").write_text(json.dumps({**data, "info": {"notes": "x" * (1 << 20)}}))
+    with pytest.raises(
+        LimitExceeded, match=r"result\.json: size in MB: 1\.0 is over the limit of 0\.5 \(max_json_mb\)"
+    ):
+        load_dataset(source, work_dir=tmp_path / "work", resource_limits=Limits(max_json_mb=0.5))
+
+
+def test_more_json_files_than_a_coco_export_has_are_refused(plates_dir: Path, tmp_path: Path):
+    source = export_coco(plates_dir, tmp_path / "ls", layout="label_studio", counts=(("train", 3),))
+    for n in range(8):
+        (source / "images" / f"meta{n}.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"ls: 9 JSON files \(images/meta0\.json, .*at most 8 are read"):
+        load_dataset(source, work_dir=tmp_path / "work")
+
+
+def test_label_file_with_10000_boxes_is_refused_naming_it(plate: Path, tmp_path: Path):
+    archive = label_file_with_boxes(plate, tmp_path / "boxes.zip", boxes=10_000)
+    work = tmp_path / "work"
+    with pytest.raises(LimitExceeded) as refused:
+        load_dataset(archive, work_dir=work)
+    assert f"export/labels/train/{plate.stem}.txt: boxes (label rows): 10,000 is over the limit of 1,000" in str(
+        refused.value
+    )
+    assert "(max_boxes_per_image)" in str(refused.value) and "HEADKIT_MAX_BOXES_PER_IMAGE" in str(refused.value)
+    assert_nothing_left(work)
+    assert (
+        load_dataset(archive, work_dir=work, resource_limits=Limits(max_boxes_per_image=10_000)).splits["train"].boxes
+        == 10_000
+    )
+
+
+def test_label_file_too_big_for_its_boxes_is_not_read(tiny_plates: Path, tmp_path: Path):
+    label = sorted((tiny_plates / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(("0 0.5 0.5 0.1 0.1" + " " * 1000 + "\n") * 400)  # 400 rows padded to 400 KB
+    with pytest.raises(
+        LimitExceeded, match=rf"labels/train/{label.stem}\.txt: 407,200 bytes, more than 1,000 boxes need"
+    ):
+        load_dataset(tiny_plates, work_dir=tmp_path / "work")
+
+
+def test_coco_image_with_10000_boxes_is_refused_naming_it(plate: Path, tmp_path: Path):
+    archive = many_boxes_on_one_image(plate, tmp_path / "boxes.zip", boxes=10_000)
+    match = (
+        rf"result\.json: boxes of image id 0 'images/{plate.stem}\.jpg': 10,000 is over the limit of 1,000 \(max_box"
+    )
+    with pytest.raises(LimitExceeded, match=match):
+        load_dataset(archive, work_dir=tmp_path / "work")

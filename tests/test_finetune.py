@@ -37,12 +37,13 @@ def tuned(tmp_path_factory, base, plates_dir):
     return finetune(base, data / "data.yaml", project=root / "runs", **settings), root
 
 
-def test_finetuned_model_round_trips_without_pickle(tuned, tmp_path, bus_jpg):
+def test_finetuned_model_round_trips_without_pickle(tuned, tmp_path, bus_jpg, base):
+    """It loads into a copy of the base it was tuned from: nothing is built from the rows the file records."""
     result, _ = tuned
     path = save_finetuned(result.model, tmp_path / "tuned.safetensors")
     with safe_open(str(path), framework="pt") as f:
         assert json.loads(f.metadata()["names"]) == {"0": "license_plate"}
-    again = load_finetuned(path)
+    again = load_finetuned(path, base)
     ours = rows_of(again.predict(bus_jpg, imgsz=320, conf=0.01, verbose=False)[0])
     theirs = rows_of(result.model.predict(bus_jpg, imgsz=320, conf=0.01, verbose=False)[0])
     assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
@@ -60,7 +61,7 @@ def test_fine_tune_forgets_and_merge_keeps(tuned, base, plate_head, bus_jpg):
     assert kept_detections(reference, base.names, tuned_rows, result.model.names) == 0  # its classes are gone
 
 
-def test_not_a_finetuned_file_is_refused(tmp_path, plate_head):
+def test_not_a_finetuned_file_is_refused(tmp_path, plate_head, base):
     head_file = plate_head.save(tmp_path / "head.safetensors")
     with pytest.raises(ValueError, match="head.safetensors: not a fine-tuned model saved by headkit"):
-        load_finetuned(head_file)
+        load_finetuned(head_file, base)

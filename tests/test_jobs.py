@@ -8,7 +8,8 @@ import time
 import pytest
 
 import headkit
-from headkit.jobs import safe_name
+from headkit.filenames import safe_name
+from headkit.keys import UserKeys
 
 
 @pytest.fixture
@@ -66,3 +67,60 @@ def test_training_streams_progress_and_stops_on_request(root, base, tiny_plates)
         list(events)
     assert not job.stop_requested()  # a new run starts clean
     assert not job.heads()
+
+
+def fill(folder, mib: float, name: str = "data.bin"):
+    """Write `mib` MiB of real bytes (not a sparse file: the disk figure counts blocks written)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(os.urandom(int(mib * 2**20)))
+
+
+def test_each_session_within_its_allowance_still_cannot_fill_the_server(tmp_path):
+    """New sessions get a fresh max_session_mb each; max_server_mb counts them all, and the served outputs too."""
+    keys = UserKeys(tmp_path / "keys")
+    root = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600, served_dir=tmp_path / "served", keys=keys)
+    limits = headkit.Limits(max_session_mb=1.0, max_server_mb=2.0)
+    for n in range(2):
+        job = root.job(f"stranger-{n}")
+        fill(job.path, 0.9)
+        job.check_disk(limits)  # each session is within its own allowance
+        root.check_disk(limits)
+    fill(tmp_path / "served" / "a1b2", 0.5, "merged.mp4")  # an annotated video in Gradio's cache
+    with pytest.raises(headkit.LimitExceeded, match=r"every session's files and served outputs.*\(max_server_mb\)"):
+        root.disk_mb(recount=True)
+        root.check_disk(limits)
+    assert 2.2 < root.disk_mb() < 2.5
+
+    hours_ago = time.time() - 7200
+    for folder in (*root.root.iterdir(), tmp_path / "served" / "a1b2"):
+        os.utime(folder, (hours_ago, hours_ago))
+    removed = root.sweep()
+    assert len(removed) == 3 and not (tmp_path / "served" / "a1b2").exists()
+    root.check_disk(limits)  # swept: the server takes new work again
+    assert root.disk_mb() < 0.1
+
+
+def test_the_disk_figure_is_counted_once_per_few_seconds(tmp_path):
+    root = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600)
+    job = root.job("s")
+    before = root.disk_mb()
+    fill(job.path, 1.0)
+    assert root.disk_mb() == before, "a request within the refresh time does not walk the tree"
+    assert root.disk_mb(recount=True) >= before + 1.0
+
+
+def test_user_keys_are_swept_with_their_jobs(tmp_path):
+    """A key is forgotten once its job folder is gone and it has been unused for the job age; a used one stays."""
+    keys = UserKeys(tmp_path / "keys")
+    root = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600, keys=keys)
+    working, abandoned, fresh = keys.issue(), keys.issue(), keys.issue()
+    root.job(keys.owner(working))  # a job folder in use
+    hours_ago = time.time() - 7200
+    files = {}
+    for key in (working, abandoned):
+        files[key] = keys.folder / keys.owner(key).removeprefix("user:")
+        os.utime(files[key], (hours_ago, hours_ago))
+    assert root.sweep() == [files[abandoned]]
+    with pytest.raises(PermissionError, match="unknown user key"):
+        keys.owner(abandoned)
+    assert keys.owner(working) and keys.owner(fresh)  # in use, or too new to forget

@@ -28,3 +28,16 @@ def test_every_exception_the_readme_lists_is_exported_and_is_a_builtin_subclass(
         error = getattr(headkit, name)
         assert isinstance(error, type) and issubclass(error, Exception) and name in headkit.__all__
         assert error.__mro__[1] in (ValueError, PermissionError, RuntimeError) or issubclass(error, ValueError)
+
+
+def test_every_test_the_threat_model_cites_exists():
+    """The README's threat-model table names the tests that perform each attack; a renamed test must not leave a
+    row citing nothing."""
+    table = README.split("### Threat model", 1)[1].split("\n## ", 1)[0]
+    cited = set(re.findall(r"(?:`|::)(test_\w+)", table))
+    files = set(re.findall(r"`(test_\w+)\.py", table)) | set(re.findall(r"(test_\w+)\.py::", table))
+    sources = {p.stem: p.read_text("utf-8") for p in (Path(__file__).parent).glob("test_*.py")}
+    assert len(cited) > 30
+    assert files <= sources.keys(), sorted(files - sources.keys())
+    defined = {name for text in sources.values() for name in re.findall(r"^def (test_\w+)", text, re.M)}
+    assert cited - files <= defined, sorted(cited - files - defined)

@@ -1,0 +1,97 @@
+"""Memory per finished training run: RSS after each of N small runs (head + comparison fine-tune), as the app runs them.
+
+Each run goes the app's way: `headkit.runs.Runs` (kept for reconnecting pages), `Job.train` then `Job.finetune`, the
+results saved into the job and replaced by records (`headkit.runs.saved`). After every run: gc.collect(), then this
+process's resident memory. Target: RSS after the last run within `--max-drift` percent of RSS after the first (the
+first run pays for Ultralytics' one-time imports and caches). Exits 1 when the target is missed.
+
+    python benchmarks/run_memory.py [--runs 10] [--imgsz 64] [--images 4] [--max-drift 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import headkit  # noqa: E402
+from headkit.runs import Runs, saved  # noqa: E402
+from headkit.train import default_device  # noqa: E402
+
+PLATES = REPO.parent / "shared" / "datasets" / "license_plates"
+BASE = REPO.parent / "shared" / "weights" / "yolov8s-fall.pt"
+
+
+def tiny_dataset(out: Path, images: int) -> Path:
+    """`images` real plate images for train and for val, with a data.yaml; returns the yaml."""
+    for split in ("train", "val"):
+        for image in sorted((PLATES / "images" / split).glob("*.jpg"))[:images]:
+            for kind, src in (("images", image), ("labels", PLATES / "labels" / split / f"{image.stem}.txt")):
+                (out / kind / split).mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, out / kind / split / src.name)
+    (out / "data.yaml").write_text("train: images/train\nval: images/val\nnames:\n  0: license_plate\n")
+    return out / "data.yaml"
+
+
+def run_memory(
+    *, runs: int = 10, imgsz: int = 64, images: int = 4, epochs: int = 1, base=None, records: bool = True
+) -> dict:
+    """Train `runs` heads, each with the comparison fine-tune, through one `Runs`; RSS (MiB) after each.
+
+    `records=False` keeps the results themselves in the runs (head tensors, the fine-tuned model), as the app did
+    before runs kept records only: the comparison.
+
+    Returns:
+        {"rss_mb": [after run 1, after run 2, ...], "drift_percent": (last - first) / first x 100, "kept": runs kept}
+    """
+    base = base if base is not None else headkit.load_model(BASE)
+    process, line, rss = psutil.Process(), Runs(slots=1), []
+    options = dict(epochs=epochs, imgsz=imgsz, batch=images, workers=0, device=default_device())
+    with tempfile.TemporaryDirectory() as folder:
+        data = tiny_dataset(Path(folder) / "data", images)
+        for n in range(runs):
+            job = headkit.Job(Path(folder) / f"job-{n}")
+
+            def work(stop, job=job):
+                def head_then_finetune():  # as the app's train_on_device: one stream, results as they come
+                    yield from job.train(base, data, stop=stop, **options)
+                    yield from job.finetune(base, data, stop=stop, **options)
+
+                return (
+                    saved(job, "plates", head_then_finetune(), finetune_next=True) if records else head_then_finetune()
+                )
+
+            run = line.start(job.path, work)
+            for _ in run.follow():
+                pass
+            run.raise_error()
+            gc.collect()
+            rss.append(process.memory_info().rss / 2**20)
+            print(f"run {n + 1}: RSS {rss[-1]:.0f} MiB", flush=True)
+    drift = (rss[-1] - rss[0]) / rss[0] * 100
+    print(f"drift after {runs} runs: {drift:+.1f}% of the RSS after the first ({rss[-1] - rss[0]:+.0f} MiB)")
+    return {"rss_mb": rss, "drift_percent": drift, "kept": sum(1 for _ in line._runs)}
+
+
+def main() -> int:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--runs", type=int, default=10)
+    cli.add_argument("--imgsz", type=int, default=64)
+    cli.add_argument("--images", type=int, default=4)
+    cli.add_argument("--max-drift", type=float, default=10.0, help="percent")
+    cli.add_argument("--keep-results", action="store_true", help="keep the models in the runs (the old way)")
+    args = cli.parse_args()
+    result = run_memory(runs=args.runs, imgsz=args.imgsz, images=args.images, records=not args.keep_results)
+    return 0 if result["drift_percent"] < args.max_drift else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

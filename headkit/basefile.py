@@ -1,0 +1,244 @@
+"""The embedded base: a whole detection model as .safetensors tensors, rebuilt from an architecture Ultralytics ships.
+
+A `.pt` base is a pickle, and loading a pickle can run code. This format holds only tensors and JSON facts; the
+layer graph comes from a fixed allow-list of the YAML files inside the installed ultralytics package, named by family
+and scale — the file never supplies a row. The rebuilt model goes through Ultralytics' own checkpoint loader, so
+predict, track, val and train behave exactly as they do for the `.pt` it was converted from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import ultralytics
+from safetensors import safe_open
+from safetensors.torch import save_file
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+from .limits import Limits
+from .settings import DEFAULT_BASE, current_limits
+from .trunk import detection_model, fingerprint
+
+LOGGER = logging.getLogger(__name__)
+FORMAT = "headkit.base/1"
+METADATA_KEY = "headkit_base"
+MAKER = "python tools/make_demo_assets.py"
+# Ultralytics' detect architectures a base may name, and their folder inside the package's cfg/models.
+FAMILIES = {"yolov8.yaml": "v8", "yolo11.yaml": "11", "yolo26.yaml": "26"}
+# What Ultralytics keeps of a checkpoint's train_args when it loads one (Model._reset_ckpt_args), less `data`: a
+# path on the author's machine. Each with the type it must have.
+ARGS = {"imgsz": (int, list), "task": (str,), "single_cls": (bool,)}
+REQUIRED = {"format", "family", "scale", "names", "stride", "args", "fingerprint", "source_sha256"}
+OPTIONAL = {"source", "ultralytics_version"}  # JSON keys inside the one metadata entry; any other is refused
+# Bounds on the file itself, checked before safetensors parses anything (a yolov8x is ~370 tensors, 131 MB in fp16).
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 2000
+MAX_BASE_MB = 512
+DTYPES = {"F16": 2, "F32": 4, "I64": 8}
+
+
+def family_yaml(family: str) -> Path:
+    """The package's own YAML for an allow-listed family name, e.g. `yolov8.yaml` -> <ultralytics>/cfg/models/v8/."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown architecture family {family!r}; expected one of {', '.join(FAMILIES)}")
+    return Path(ultralytics.__file__).parent / "cfg" / "models" / FAMILIES[family] / family
+
+
+def architecture(family: str, scale: str, nc: int) -> dict[str, Any]:
+    """The architecture dict Ultralytics builds `<family><scale>.yaml` from, read from the installed package."""
+    cfg = yaml_model_load(family_yaml(family))
+    if scale not in cfg.get("scales", {}):
+        raise ValueError(f"{family} has no scale {scale!r}; expected one of {', '.join(cfg.get('scales', {}))}")
+    return {**cfg, "scale": scale, "nc": nc}
+
+
+def identify(model) -> tuple[str, str]:
+    """(family, scale) whose package YAML has exactly this model's layer rows and multiples; refused otherwise."""
+    yaml = getattr(detection_model(model), "yaml", None) or {}
+    rows = (yaml.get("backbone"), yaml.get("head"))
+    for family in FAMILIES:
+        cfg = yaml_model_load(family_yaml(family))
+        if (cfg["backbone"], cfg["head"]) != rows:
+            continue
+        for scale, (depth, width, _) in cfg["scales"].items():
+            if yaml.get("scale") == scale or (yaml.get("depth_multiple"), yaml.get("width_multiple")) == (depth, width):
+                return family, scale
+    raise ValueError(
+        f"this model's architecture rows match none of Ultralytics' packaged {', '.join(FAMILIES)} at any scale; "
+        "only models built from those files can be saved as an embedded base"
+    )
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 when exact (Ultralytics checkpoints hold fp16 values): half the file, the same numbers."""
+    if tensor.is_floating_point() and torch.equal(tensor.half().to(tensor.dtype), tensor):
+        return tensor.half().contiguous()
+    return tensor.contiguous()
+
+
+def save_base(model, path: str | Path, *, source_file: str | Path | None = None) -> Path:
+    """Write a detection model as an embedded base; it is read back and checked bit for bit before this returns.
+
+    Args:
+        source_file: the checkpoint it came from, whose name and sha256 are recorded for provenance.
+    """
+    inner = detection_model(model)
+    family, scale = identify(model)
+    args = getattr(inner, "args", None) or {}
+    metadata = {
+        "format": FORMAT,
+        "family": family,
+        "scale": scale,
+        "names": {str(k): str(v) for k, v in inner.names.items()},
+        "stride": [float(s) for s in inner.stride],
+        "args": {key: args[key] for key in ARGS if key in args},
+        "fingerprint": fingerprint(model),
+        "source_sha256": hashlib.sha256(Path(source_file).read_bytes()).hexdigest() if source_file else "",
+        "source": Path(source_file).name if source_file else "",
+        "ultralytics_version": ultralytics.__version__,
+    }
+    tensors = {key: _compact(value.detach().cpu()) for key, value in inner.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one metadata entry: safetensors writes several in no fixed order, and the same model must give the same bytes
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    reloaded = detection_model(load_base(path)).state_dict()
+    if any(not torch.equal(reloaded[k].cpu(), v.cpu()) for k, v in inner.state_dict().items()):
+        path.unlink()
+        raise ValueError(f"{path}: the saved base does not reload bit for bit; nothing was written")
+    return path
+
+
+def restore_hint(path: Path) -> str:
+    """How to get a shipped base back, or where a user's own base comes from."""
+    if path.name == DEFAULT_BASE:
+        return f"restore it with 'git checkout weights/bases/{DEFAULT_BASE}' or re-make it with '{MAKER}'"
+    return "save it again with headkit.basefile.save_base from the checkpoint it was made from"
+
+
+def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[list[int], str]]]:
+    """The file's metadata and tensor table, each bounded before it is parsed."""
+    size = path.stat().st_size
+    if size / 2**20 > MAX_BASE_MB:
+        raise ValueError(f"{path.name}: {size / 2**20:.0f} MiB, over the {MAX_BASE_MB} MiB a base file may have")
+    with path.open("rb") as f:
+        prefix = f.read(8)
+    if len(prefix) < 8 or struct.unpack("<Q", prefix)[0] > min(MAX_HEADER_BYTES, size - 8):
+        raise ValueError(f"{path.name}: its safetensors header is missing, damaged or over {MAX_HEADER_BYTES} bytes")
+    with safe_open(str(path), framework="pt") as f:  # reads the header only
+        raw = f.metadata() or {}
+        keys = list(f.keys())
+        if len(keys) > MAX_TENSORS:
+            raise ValueError(f"{path.name}: {len(keys)} tensors, over the {MAX_TENSORS} a base may have")
+        table = {key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype()) for key in keys}
+    odd = sorted({dtype for _, dtype in table.values()} - DTYPES.keys())
+    if odd:
+        raise ValueError(f"{path.name}: tensors of type {odd}; a base holds only {', '.join(DTYPES)}")
+    return raw, table
+
+
+def _metadata(raw: dict[str, str], path: Path, limits: Limits) -> dict[str, Any]:
+    """The JSON facts, each key known and each value of the expected type."""
+    from .headfile import check_names  # headfile imports model, which imports this module
+
+    if raw.get("format", "").startswith('"headkit.head/'):
+        raise ValueError(f"{path.name}: this is a head, not a base model; load it with headkit.load_head")
+    if set(raw) != {METADATA_KEY}:
+        raise ValueError(f"{path.name}: not a headkit base (its metadata should be one '{METADATA_KEY}' entry)")
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path.name}: metadata is not JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.name}: metadata should be a JSON object")
+    unknown, missing = meta.keys() - REQUIRED - OPTIONAL, REQUIRED - meta.keys()
+    if unknown or missing:
+        raise ValueError(f"{path.name}: not a headkit base (missing {sorted(missing)}, unexpected {sorted(unknown)})")
+    if meta["format"] != FORMAT:
+        raise ValueError(f"{path.name}: format {meta['format']!r}, expected {FORMAT!r}")
+    names, args, stride = meta["names"], meta["args"], meta["stride"]
+    if not isinstance(names, dict) or set(names) != {str(i) for i in range(len(names))}:
+        raise ValueError(f"{path.name}: 'names' should map class ids 0..n-1 to names")
+    check_names(names, path.name, limits)
+    if not isinstance(args, dict) or any(k not in ARGS or not isinstance(v, ARGS[k]) for k, v in args.items()):
+        raise ValueError(f"{path.name}: 'args' may hold only {', '.join(ARGS)} with their usual types, got {args!r}")
+    if not all(isinstance(meta[key], str) for key in ("family", "scale", "fingerprint")):
+        raise ValueError(f"{path.name}: 'family', 'scale' and 'fingerprint' should be text")
+    if not isinstance(stride, list) or not all(isinstance(s, int | float) for s in stride) or len(stride) > 8:
+        raise ValueError(f"{path.name}: 'stride' should be a short list of numbers, got {stride!r}")
+    return meta
+
+
+def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> DetectionModel:
+    names = {int(k): v for k, v in meta["names"].items()}
+    with torch.random.fork_rng():  # the random init is overwritten; leave the caller's random state alone
+        inner = DetectionModel(architecture(meta["family"], meta["scale"], len(names)), nc=len(names), verbose=False)
+    try:
+        inner.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path.name}: its tensors do not fit {meta['family']} scale {meta['scale']} ({str(e)[:300]}); "
+            f"{restore_hint(path)}"
+        ) from e
+    if [float(s) for s in inner.stride] != [float(s) for s in meta["stride"]]:
+        raise ValueError(
+            f"{path.name}: strides {meta['stride']} differ from the architecture's {inner.stride.tolist()}"
+        )
+    inner.names = names
+    return inner
+
+
+def _wrap(inner: DetectionModel, meta: dict[str, Any], path: Path) -> YOLO:
+    """A YOLO around the rebuilt model, made by Ultralytics' own checkpoint loader (Model._load).
+
+    Ultralytics has no public way to wrap a module in memory; its loader sets what predict and the trainer read
+    (task, overrides, args, ckpt, inplace flags). The checkpoint is this process's own, in a private folder.
+    """
+    checkpoint = {"model": inner, "train_args": meta["args"], "version": meta.get("ultralytics_version")}
+    with tempfile.TemporaryDirectory(prefix="headkit-base-") as folder:
+        staged = Path(folder) / "base.pt"
+        torch.save(checkpoint, staged)
+        model = YOLO(str(staged))
+    model.ckpt_path = model.model.pt_path = model.overrides["model"] = model.model_name = str(path)
+    return model
+
+
+def load_base(path: str | Path, *, limits: Limits | None = None) -> YOLO:
+    """Rebuild an embedded base (see the module docstring) and check it against the fingerprint it records.
+
+    Raises:
+        FileNotFoundError: no such file (the message says how to restore a shipped one).
+        ValueError: not a headkit base, over a bound, altered or damaged.
+    """
+    path, limits = Path(path), limits or current_limits()
+    if not path.is_file():
+        raise FileNotFoundError(f"base file {path} is missing; {restore_hint(path)}")
+    try:
+        raw, table = _header(path)
+        meta = _metadata(raw, path, limits)
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in table}
+    except ValueError as e:
+        raise ValueError(f"{e}; {restore_hint(path)}") from e
+    except Exception as e:  # safetensors raises its own SafetensorError for a malformed file
+        raise ValueError(f"{path}: not a readable .safetensors base ({e}); {restore_hint(path)}") from e
+    try:
+        model = _wrap(_rebuild(meta, tensors, path), meta, path)
+    except ValueError as e:
+        raise ValueError(f"{e}; {restore_hint(path)}") from e
+    found = fingerprint(model)
+    if found != meta["fingerprint"]:
+        raise ValueError(
+            f"{path}: its trunk fingerprint is {found[:12]}…, but the file records {str(meta['fingerprint'])[:12]}…: "
+            f"the file was altered or damaged; {restore_hint(path)}"
+        )
+    model.headkit_base = {key: meta[key] for key in ("family", "scale", "source", "source_sha256") if key in meta}
+    return model

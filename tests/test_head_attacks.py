@@ -1,0 +1,308 @@
+"""Attacks through a head file (upload or hf:// address) and a fine-tune file: each is refused, runs no code, costs
+little memory, and the library keeps working afterwards.
+
+A branch head's layers are deep copies of the base's own; a file's architecture rows are data, compared with the
+base's and never parsed. A declared Detect layout is bounded and measured on torch's "meta" device before anything is
+allocated. The crafted files come from `head_attack_files` (shared with the soak).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from head_attack_files import (
+    SHIPPED_NECK,
+    make_channel_bomb_head,
+    make_crafted_branch_head,
+    payload,
+    read_head_file,
+    write_head_file,
+)
+
+import headkit
+from headkit.finetune import _base_with_classes, load_finetuned, save_finetuned
+from headkit.headfile import Head
+from headkit.trunk import detection_model
+
+MAX_GROWTH_MB = 200
+
+
+def peak_rss_growth_mb(call) -> float:
+    """Run `call` (its exception propagates) and return the peak growth of this process's RSS meanwhile, in MiB."""
+    process, peak, done = psutil.Process(), [0], threading.Event()
+    start = process.memory_info().rss
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss - start)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        call()
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], process.memory_info().rss - start)
+    return peak[0] / 2**20
+
+
+def refused(call, error=ValueError, match: str | None = None) -> float:
+    """Assert `call` raises `error` (matching `match`); return the peak RSS growth it caused, in MiB."""
+    outcome = {}
+
+    def attempt() -> None:
+        with pytest.raises(error, match=match) as info:
+            call()
+        outcome["message"] = str(info.value)
+
+    return peak_rss_growth_mb(attempt)
+
+
+@pytest.fixture(scope="module")
+def neck_head():
+    return headkit.load_head(SHIPPED_NECK)
+
+
+def still_works(base, head) -> None:
+    """A legitimate merge after the attack: base classes bit-exact, the head's classes appended."""
+    merged = headkit.merge(base, head)
+    assert merged.names == {0: "Normal", 1: "Fall", 2: "license_plate"}
+    image = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        ours, theirs = detection_model(merged).eval()(image)[0], detection_model(base).eval()(image)[0]
+    assert torch.equal(ours[:, :6, : theirs.shape[2]], theirs)
+
+
+def unchecked_head(path: Path) -> Head:
+    """A Head straight from a file's metadata and tensors, as a library caller could make one without load_head."""
+    metadata, tensors = read_head_file(path)
+    metadata.pop("format")
+    return Head(tensors, metadata)
+
+
+# --- (a) a DetectionModel row whose config's activation is code ------------------------------------------------------
+
+
+def test_detectionmodel_row_is_refused_by_load_head_and_merge_and_runs_nothing(tmp_path, base, neck_head):
+    marker = tmp_path / "pwned"
+    crafted = make_crafted_branch_head(tmp_path / "crafted.safetensors", marker=marker)
+    message = r"crafted.safetensors: architecture row 22 names 'DetectionModel', which is not a model layer"
+    assert refused(lambda: headkit.load_head(crafted), match=message) < MAX_GROWTH_MB
+    head = unchecked_head(crafted)
+    assert refused(lambda: headkit.merge(base, head), match="row 22 names 'DetectionModel'") < MAX_GROWTH_MB
+    with pytest.raises(ValueError, match="row 22 names 'DetectionModel'"):
+        head.build_branch(base)
+    assert not marker.exists()
+    still_works(base, neck_head)
+
+
+def test_detectionmodel_row_in_place_of_a_layer_is_refused(tmp_path, base):
+    """The same payload replacing a row (the row count stays the base's) is refused by name, and by comparison."""
+    marker = tmp_path / "pwned"
+    metadata, tensors = read_head_file(SHIPPED_NECK)
+    config = {"nc": 1, "activation": payload(marker), "backbone": [], "head": []}
+    metadata["branch"]["architecture"]["head"][2] = [-1, 1, "DetectionModel", [config]]
+    path = write_head_file(tmp_path / "swapped.safetensors", metadata, tensors)
+    with pytest.raises(ValueError, match="architecture row 12 names 'DetectionModel'"):
+        headkit.load_head(path)
+    with pytest.raises(ValueError, match="row 12 names 'DetectionModel'"):
+        headkit.merge(base, unchecked_head(path))
+    assert not marker.exists()
+
+
+# --- (b) rows that differ from the base's --------------------------------------------------------------------------
+
+
+def test_rows_other_than_the_base_are_refused_before_anything_is_built(tmp_path, base, neck_head):
+    metadata, tensors = read_head_file(SHIPPED_NECK)
+    metadata["branch"]["architecture"]["head"][2] = [-1, 3, "C2f", [1_000_000]]  # a real layer, a million channels
+    path = write_head_file(tmp_path / "wide.safetensors", metadata, tensors)
+    head = headkit.load_head(path)  # as data it is well formed: load_head builds no branch, so it cannot tell
+    want = r"row 12 is \[-1, 3, \"C2f\", \[1000000\]\], the base's is \[-1, 3, \"C2f\", \[512\]\]"
+    assert refused(lambda: headkit.merge(base, head), match=want) < MAX_GROWTH_MB
+    assert refused(lambda: head.build_branch(base), match=want) < MAX_GROWTH_MB
+    still_works(base, neck_head)
+
+
+def test_branch_tensors_of_another_shape_are_refused_before_building(tmp_path, base):
+    metadata, tensors = read_head_file(SHIPPED_NECK)
+    tensors["branch.12.cv1.conv.weight"] = torch.zeros(4096, 768, 1, 1, dtype=torch.float16)
+    path = write_head_file(tmp_path / "shape.safetensors", metadata, tensors)
+    with pytest.raises(ValueError, match=r"tensor 'branch.12.cv1.conv.weight' has shape \[4096, 768, 1, 1\]"):
+        headkit.merge(base, headkit.load_head(path))
+
+
+# --- (c) the channel bomb: a tiny file declaring huge inputs ---------------------------------------------------------
+
+
+def test_channel_bomb_is_refused_with_little_memory(tmp_path, base, neck_head):
+    bomb = make_channel_bomb_head(tmp_path / "bomb.safetensors", channels=4000)
+    assert bomb.stat().st_size < 1024
+    within = r"bomb.safetensors: the declared Detect head \(1 class over channels \[4000, 4000, 4000\].*max_head_mb"
+    assert refused(lambda: headkit.load_head(bomb), headkit.LimitExceeded, within) < MAX_GROWTH_MB
+    wider = make_channel_bomb_head(tmp_path / "wider.safetensors", channels=8000)
+    assert refused(lambda: headkit.load_head(wider), match=r"'channels' \[8000, 8000, 8000\] should list") < 50
+    still_works(base, neck_head)
+
+
+# --- (d) other layout bombs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"reg_max": 100_000}, r"'reg_max' 100000 should be an integer in 1..64"),
+        ({"reg_max": True}, r"'reg_max' true should be an integer"),
+        ({"strides": [8.0] * 100_000}, r"'strides' .* should be 3 numbers"),
+        ({"strides": [8.0, 16.0]}, r"'strides' \[8.0, 16.0\] should be 3 numbers"),
+        ({"strides": [8.0, float("nan"), 32.0]}, "'strides' .* should be 3 numbers"),
+        ({"channels": [128] * 10_000, "strides": [8.0] * 10_000}, r"'channels' .* should list 1..8"),
+        ({"channels": [128, -256, 512]}, r"'channels' \[128, -256, 512\] should list"),
+        ({"channels": [128.5, 256, 512]}, r"'channels' .* should list"),
+        ({"names": {"0": "a", "99999": "b"}}, "'names' should map class ids 0..n-1"),
+        ({"legacy": "yes"}, "'legacy' should be true or false"),
+        ({"activation": {"type": "__import__('os')"}}, "is not an activation headkit builds"),
+    ],
+)
+def test_layout_bombs_are_refused_before_anything_is_built(tmp_path, plate_head, change, message):
+    path = plate_head.save(tmp_path / "good.safetensors")
+    metadata, tensors = read_head_file(path)
+    bad = write_head_file(tmp_path / "bad.safetensors", metadata | change, tensors)
+    assert refused(lambda: headkit.load_head(bad), match=f"bad.safetensors: .*{message}") < 50
+    with pytest.raises(ValueError, match=message):  # a Head made without load_head is bounded at merge too
+        headkit.merge(headkit.load_model("yolov8s.yaml"), Head(tensors, {**metadata, **change}))
+
+
+# --- (e) declared bytes over max_head_mb -----------------------------------------------------------------------------
+
+
+def test_declared_head_over_max_head_mb_is_refused_before_it_is_built(tmp_path):
+    small = make_channel_bomb_head(tmp_path / "within.safetensors", channels=640)  # an x-size width, in bounds
+    limits = headkit.Limits(max_head_mb=20)
+    message = r"within.safetensors: the declared Detect head .* in MiB: .* over the limit of 20 \(max_head_mb\)"
+    assert refused(lambda: headkit.load_head(small, limits=limits), headkit.LimitExceeded, message) < 50
+    with pytest.raises(ValueError, match=r"its tensors do not match its metadata \(\d+ missing"):  # within the limit
+        headkit.load_head(small)  # ... the shapes are compared before a single tensor is read
+
+
+def test_oversized_header_is_refused(tmp_path):
+    metadata = {"format": "headkit.head/1", "padding": "x" * (5 * 2**20)}
+    path = write_head_file(tmp_path / "padded.safetensors", metadata, {"x": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"padded.safetensors: its header takes 5.0 MiB; a head's takes at most 4"):
+        headkit.load_head(path)
+
+
+# --- (f) a crafted fine-tune file ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finetune_file(tmp_path_factory, base) -> Path:
+    """A fine-tune file as save_finetuned writes it (untrained: the test is about the file, not the training)."""
+    model = _base_with_classes(base, {0: "license_plate"})
+    return save_finetuned(model, tmp_path_factory.mktemp("ft") / "tuned.safetensors")
+
+
+def test_crafted_finetune_file_is_refused_and_runs_nothing(tmp_path, base, finetune_file):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "pwned"
+    with safe_open(str(finetune_file), framework="pt") as f:
+        raw, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    rows = json.loads(raw["yaml"])
+    rows["activation"] = payload(marker)  # Ultralytics' parser would eval() this for the whole model
+    crafted = tmp_path / "crafted.safetensors"
+    save_file(tensors, str(crafted), metadata={**raw, "yaml": json.dumps(rows)})
+    with pytest.raises(ValueError, match="crafted.safetensors: its recorded 'activation' differs from this base's"):
+        load_finetuned(crafted, base)
+    del rows["activation"]
+    rows["head"].insert(len(rows["head"]) - 1, [-1, 1, "DetectionModel", [{"activation": payload(marker)}]])
+    save_file(tensors, str(crafted), metadata={**raw, "yaml": json.dumps(rows)})
+    with pytest.raises(ValueError, match="row 22 names 'DetectionModel'"):
+        load_finetuned(crafted, base)
+    names = json.dumps({str(i): f"c{i}" for i in range(5000)})
+    save_file(tensors, str(crafted), metadata={**raw, "names": names})
+    with pytest.raises(headkit.LimitExceeded, match="number of classes: 5,000"):
+        load_finetuned(crafted, base)
+    save_file(tensors, str(crafted), metadata={**raw, "names": json.dumps({"0": "a", "1": "b", "2": "c"})})
+    with pytest.raises(ValueError, match=r"tensor 'model.22.cv3.0.2.weight' has shape \[1, 128, 1, 1\]"):
+        load_finetuned(crafted, base)
+    assert not marker.exists()
+    again = load_finetuned(finetune_file, base)  # the real file still loads, into a copy of the base
+    assert again.names == {0: "license_plate"} and again.model is not base.model
+
+
+def test_finetune_of_another_architecture_is_refused(finetune_file):
+    with pytest.raises(ValueError, match="built for another architecture than this base's — its row"):
+        load_finetuned(finetune_file, headkit.load_model("yolo11s.yaml"))
+
+
+# --- the second wall: Ultralytics' restricted parser for the YAMLs it still parses ----------------------------------
+
+
+def test_yaml_base_with_code_in_activation_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("HEADKIT_PWNED", raising=False)
+    expression = "__import__('os').environ.__setitem__('HEADKIT_PWNED', '1') or __import__('torch').nn.SiLU()"
+    rows = "backbone:\n  - [-1, 1, Conv, [16, 3, 2]]\nhead:\n  - [[0], 1, Detect, [nc]]\n"
+    (tmp_path / "evil.yaml").write_text(f'nc: 1\nactivation: "{expression}"\n{rows}')
+    with pytest.raises(TypeError, match="blocked during restricted model load"):
+        headkit.load_model(tmp_path / "evil.yaml")
+    assert "HEADKIT_PWNED" not in os.environ
+    assert len(headkit.load_model("yolov8n.yaml").model.model) == 23  # Ultralytics' own YAMLs still build
+
+
+# --- through the app: one upload to /load_head -----------------------------------------------------------------------
+
+
+def test_app_refuses_crafted_heads_and_keeps_serving(offline_app, tmp_path, base_weights, bus_jpg):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    marker = tmp_path / "pwned"
+    crafted = make_crafted_branch_head(tmp_path / "crafted.safetensors", marker=marker)
+    bomb = make_channel_bomb_head(tmp_path / "bomb.safetensors", channels=4000)
+    client, base = Client(offline_app.url, verbose=False), str(base_weights)
+    server = psutil.Process(offline_app.process.pid)
+    for upload, reason in ((crafted, "'DetectionModel', which is not a model layer"), (bomb, "max_head_mb")):
+        growth = peak_rss_growth_of(
+            server, lambda u=upload: client.predict(base, handle_file(u), "", api_name="/load_head")
+        )
+        assert isinstance(growth[1], AppError) and reason in str(growth[1]), growth[1]
+        assert growth[0] < MAX_GROWTH_MB
+    assert not marker.exists() and offline_app.process.poll() is None
+    listing = client.predict(base, handle_file(SHIPPED_NECK), "", api_name="/load_head")  # a real head still loads
+    assert "license_plate_neck" in str(listing)
+    result = client.predict(base, handle_file(bus_jpg), [], 0.25, 0.7, 320, api_name="/compare")
+    assert result[5]["base_count"] >= 1
+
+
+def peak_rss_growth_of(process: psutil.Process, call) -> tuple[float, Exception | None]:
+    """(peak RSS growth of another process while `call` runs, in MiB; the exception `call` raised, if any)."""
+    peak, done, start = [0], threading.Event(), process.memory_info().rss
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss - start)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        call()
+        error = None
+    except Exception as e:  # the app's refusal arrives as gradio_client's AppError
+        error = e
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] / 2**20, error

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 # A public server never pip-installs at run time (Ultralytics would, e.g. on an odd upload); set before it is imported.
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -507,6 +508,27 @@ def training_events(job_dir: str, name: str, *args, finetune: bool, stop=None):
     return saved(headkit.Job(job_dir), name, source, finetune_next=finetune)
 
 
+@dataclasses.dataclass
+class TrainView:
+    """What the Train tab shows, by name (the order of its fields is the order of the training events' outputs).
+
+    A field left at its default keeps what the page already shows (`gr.skip()`), so no caller counts outputs.
+    """
+
+    status: Any = dataclasses.field(default_factory=gr.skip)
+    curve: Any = dataclasses.field(default_factory=gr.skip)
+    head_file: Any = dataclasses.field(default_factory=gr.skip)
+    metrics: Any = dataclasses.field(default_factory=gr.skip)
+    report: Any = dataclasses.field(default_factory=gr.skip)
+    plots: Any = dataclasses.field(default_factory=gr.skip)
+    compare_heads: Any = dataclasses.field(default_factory=gr.skip)
+    merge_heads: Any = dataclasses.field(default_factory=gr.skip)
+    push_heads: Any = dataclasses.field(default_factory=gr.skip)
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
 def shown_training(events, base: str, request: gr.Request, *, progress=None):
     """The Train tab's outputs for a stream of training events (live, or replayed for a reopened page)."""
     progress = (lambda *_, **__: None) if progress is None else progress
@@ -516,47 +538,47 @@ def shown_training(events, base: str, request: gr.Request, *, progress=None):
         for event in events:
             if event is None:  # still waiting for the training slot
                 progress(0, desc="waiting for the training slot")
-                yield "Waiting for the training slot (another run is going)…", *[gr.skip()] * 8
+                yield TrainView(status="Waiting for the training slot (another run is going)…").values()
             elif isinstance(event, headkit.TrainProgress):
                 progress(event.fraction, desc=f"{'fine-tune, ' if report else ''}epoch {event.epoch}/{event.epochs}")
-                if event.kind == "epoch" and report is None:
+                if event.stage == "epoch" and report is None:
                     history += [
                         {"epoch": event.epoch, "metric": name, "value": event.metrics.get(key, 0.0)}
                         for key, name in METRIC_KEYS.items()
                     ]
-                    yield f"Epoch {event.epoch}/{event.epochs} done.", pd.DataFrame(history), *[gr.skip()] * 7
-                elif event.kind == "epoch":
-                    yield (
+                    yield TrainView(
+                        status=f"Epoch {event.epoch}/{event.epochs} done.", curve=pd.DataFrame(history)
+                    ).values()
+                elif event.stage == "epoch":
+                    status = (
                         f"Head `{report['head']}` saved. Fine-tuning the whole model for comparison: epoch "
-                        f"{event.epoch}/{event.epochs} done.",
-                        *[gr.skip()] * 8,
+                        f"{event.epoch}/{event.epochs} done."
                     )
+                    yield TrainView(status=status).values()
             elif isinstance(event, SavedHead):
-                outputs = trained(base, event, request, history)
-                report = outputs[4]
+                view = trained(base, event, request, history)
+                report = view.report
                 if event.finetune_next:
-                    outputs = (f"{outputs[0]} Now fine-tuning the whole model for comparison…", *outputs[1:])
-                yield outputs
+                    view.status += " Now fine-tuning the whole model for comparison…"
+                yield view.values()
             elif isinstance(event, SavedFineTune):
                 result = event
                 report = report | {"finetune": {"mAP50": result.map50, "seconds": round(result.seconds, 1)}}
-                yield (
+                status = (
                     f"✅ Trained `{report['head']}`, and the whole model fine-tuned the usual way in "
                     f"{result.seconds:.0f} s (val mAP50 {result.map50:.3f}): Compare shows it beside the merged model "
-                    "when this head is chosen.",
-                    *[gr.skip()] * 3,
-                    report,
-                    *[gr.skip()] * 4,
+                    "when this head is chosen."
                 )
+                yield TrainView(status=status, report=report).values()
     except RunStopped as e:  # by the server: before it started, or at the time limit
         why = f"{str(e)[0].upper()}{str(e)[1:]}"
         saved_note = f"the head `{report['head']}` is saved" if report else "no head was saved"
-        yield f"{why}; {saved_note}.", *[gr.skip()] * 8
+        yield TrainView(status=f"{why}; {saved_note}.").values()
     except headkit.TrainingCancelled:
         if report:
-            yield f"Fine-tune stopped on request; the head `{report['head']}` is saved.", *[gr.skip()] * 8
+            yield TrainView(status=f"Fine-tune stopped on request; the head `{report['head']}` is saved.").values()
         else:
-            yield "Training stopped on request; no head was saved.", gr.skip(), *[gr.skip()] * 7
+            yield TrainView(status="Training stopped on request; no head was saved.").values()
 
 
 def followed(run: Run):
@@ -618,7 +640,7 @@ def trained(base: str, record: SavedHead, request: gr.Request, history: list[dic
     report = record.summary | {"names": _str_keys(record.names), "head": f"session/{path.stem}"}
     status = f"✅ Trained `session/{path.stem}` in {record.seconds:.0f} s; it is now selected in Compare."
     _, _, *pickers = head_outputs(base, request, select=f"session/{path.stem}")
-    return status, pd.DataFrame(history), served(path), table, report, plots, *pickers
+    return TrainView(status, pd.DataFrame(history), served(path), table, report, plots, *pickers)
 
 
 @user_errors
@@ -633,8 +655,14 @@ def resume(
     OWNERS[request.session_hash] = USER_KEYS.owner(key)
     run = RUNS.get(job(request).path)
     if run is None:
-        _, _, *pickers = head_outputs(base, request)
-        yield key, "No training run for this key yet.", *[gr.skip()] * 5, *pickers
+        _, _, compare_heads, merge_heads, push_heads = head_outputs(base, request)
+        view = TrainView(
+            status="No training run for this key yet.",
+            compare_heads=compare_heads,
+            merge_heads=merge_heads,
+            push_heads=push_heads,
+        )
+        yield key, *view.values()
         return
     for outputs in shown_training(followed(run), base, request, progress=progress):
         yield key, *outputs
@@ -965,17 +993,18 @@ def build_demo() -> gr.Blocks:
             [estimate],
             api_name="estimate_training",
         )
+        # in TrainView's field order: the training handlers yield TrainView(...).values()
+        training_outputs = [status, curve, head_out, metrics_table, train_json, plots, *pickers]
         train.click(
             train_head,
             [base, dataset, epochs, train_size, batch, keypoint_trick, branch, finetune],
-            [status, curve, head_out, metrics_table, train_json, plots, *pickers],
+            training_outputs,
             api_name="train_head",
             concurrency_id="gpu",
             concurrency_limit=1,
             show_progress_on=[status],
         )
         stop.click(stop_training, None, [status], api_name="stop_training", concurrency_limit=None)
-        training_outputs = [status, curve, head_out, metrics_table, train_json, plots, *pickers]
         demo.load(
             resume_page,
             [browser_key, base],

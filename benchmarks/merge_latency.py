@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import headkit  # noqa: E402
+from headkit.base import clone_model  # noqa: E402
 from headkit.kinds import resolve_branch  # noqa: E402
-from headkit.model import clone_model  # noqa: E402
 
 
 def main() -> int:

@@ -23,14 +23,14 @@ from safetensors.torch import save_file
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
+from .headfile import check_names
 from .limits import Limits
-from .settings import DEFAULT_BASE, current_limits
+from .settings import current_limits, restore_hint
 from .trunk import detection_model, fingerprint
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "headkit.base/1"
 METADATA_KEY = "headkit_base"
-MAKER = "python tools/make_demo_assets.py"
 # Ultralytics' detect architectures a base may name, and their folder inside the package's cfg/models.
 FAMILIES = {"yolov8.yaml": "v8", "yolo11.yaml": "11", "yolo26.yaml": "26"}
 # What Ultralytics keeps of a checkpoint's train_args when it loads one (Model._reset_ckpt_args), less `data`: a
@@ -117,13 +117,6 @@ def save_base(model, path: str | Path, *, source_file: str | Path | None = None)
     return path
 
 
-def restore_hint(path: Path) -> str:
-    """How to get a shipped base back, or where a user's own base comes from."""
-    if path.name == DEFAULT_BASE:
-        return f"restore it with 'git checkout weights/bases/{DEFAULT_BASE}' or re-make it with '{MAKER}'"
-    return "save it again with headkit.basefile.save_base from the checkpoint it was made from"
-
-
 def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[list[int], str]]]:
     """The file's metadata and tensor table, each bounded before it is parsed."""
     size = path.stat().st_size
@@ -147,8 +140,6 @@ def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[list[int], str]
 
 def _metadata(raw: dict[str, str], path: Path, limits: Limits) -> dict[str, Any]:
     """The JSON facts, each key known and each value of the expected type."""
-    from .headfile import check_names  # headfile imports model, which imports this module
-
     if raw.get("format", "").startswith('"headkit.head/'):
         raise ValueError(f"{path.name}: this is a head, not a base model; load it with headkit.load_head")
     if set(raw) != {METADATA_KEY}:

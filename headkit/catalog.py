@@ -12,16 +12,18 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .filenames import safe_name
 from .headfile import Head, load_head
-from .jobs import Job
 from .limits import Limits
 from .merge import check_head_fits
 from .settings import current_limits
 from .sources import HF_SCHEME, PICKLE_SUFFIXES, parse_hub_url, resolve
 from .trunk import fingerprint
+
+if TYPE_CHECKING:
+    from .jobs import Job  # a session's folder; importing it would load the training stack
 
 LOGGER = logging.getLogger(__name__)
 SESSION_PREFIX = "session/"
@@ -39,7 +41,7 @@ class HeadEntry:
     reason: str | None = None
     metrics: dict[str, Any] | None = None
     base_source: str | None = None
-    kind: str = "head only"
+    kind: str = "head only"  # its HeadKind as people read it (`HeadKind.describe`)
     fingerprint_verified: bool = True  # False for a legacy .pth import, stamped with the base it was loaded on
 
     @property

@@ -29,7 +29,6 @@ from .layout import JSON_PARTS, SPLIT_NAMES, visible
 from .limits import Limits
 
 COCO_KEYS = ("images", "annotations", "categories")
-SPLIT_WORDS = (("train", "train"), ("val", "val"), ("valid", "val"), ("test", "test"))
 BOX_SLACK_PX = 1.0  # exporters round box corners; anything further outside the image is an error
 MAX_JSON_FILES = 8
 """JSON files read from one upload: a COCO export has one per split, and each file is parsed whole."""
@@ -107,22 +106,22 @@ def _split_of(path: Path) -> str:
     if folder:
         return folder
     stem = path.stem.lower().removeprefix("instances").strip("_-")
-    return next((split for prefix, split in SPLIT_WORDS if stem.startswith(prefix)), "train")
+    return next((split for prefix, split in SPLIT_NAMES.items() if stem.startswith(prefix)), "train")
 
 
 def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _ids(records: list, kind: str, where: str) -> dict[int, dict]:
+def _ids(records: list, record_type: str, where: str) -> dict[int, dict]:
     """Records by their integer id; a missing, non-integer or repeated id is an error naming it."""
     by_id: dict[int, dict] = {}
     for n, record in enumerate(records):
         key = record.get("id") if isinstance(record, dict) else None
         if not _is_id(key):
-            raise DatasetError(f"{where}: {kind} #{n + 1} has no integer 'id' ({reprlib.repr(record)})")
+            raise DatasetError(f"{where}: {record_type} #{n + 1} has no integer 'id' ({reprlib.repr(record)})")
         if key in by_id:
-            raise DatasetError(f"{where}: {kind} id {key} appears twice; every {kind} needs its own id")
+            raise DatasetError(f"{where}: {record_type} id {key} appears twice; every {record_type} needs its own id")
         by_id[key] = record
     return by_id
 

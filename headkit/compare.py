@@ -21,17 +21,16 @@ import torch
 from PIL import Image, ImageOps
 from ultralytics.utils.metrics import box_iou
 
-from .finetune import load_finetuned
+from .base import clone_model
+from .concat import MAX_DET
 from .headfile import Head
 from .limits import LimitExceeded, Limits
 from .merge import check_output_size, merge
-from .model import clone_model
 from .retention import kept_detections, rows_of
 from .settings import current_limits
 from .trunk import detection_model
 
 MODELS = ("base", "custom", "merged", "finetuned")
-MAX_DET = 1000  # far above any real image's count: the per-image cap would otherwise cut base boxes in the merged model
 
 
 @dataclass(frozen=True)
@@ -196,6 +195,8 @@ class Comparer:
             if key in self._finetuned:
                 self._finetuned.move_to_end(key)
                 return self._finetuned[key]
+        from .finetune import load_finetuned  # the training stack loads only when a fine-tuned model is compared
+
         runner = _Runner(load_finetuned(path, self.base, limits=self.limits))
         with self._lock:
             self._finetuned[key] = runner

@@ -20,6 +20,7 @@ from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_labe
 from headkit.layout import (
     DATASET_FILES,
     LAYOUTS,
+    SPLITS,
     Record,
     find_classes_txt,
     find_root,
@@ -38,9 +39,6 @@ from headkit.settings import current_limits
 __all__ = ["DatasetError", "DatasetSummary", "SplitCounts", "ZipLimits", "load_dataset", "parse_label_line"]
 
 logger = logging.getLogger(__name__)
-
-MAX_IMAGE_PIXELS = 80_000_000
-"""Largest accepted image (w * h): 50 MP phone photos pass; bigger ones are refused before they are decoded."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +214,7 @@ def _load(
     txt = find_classes_txt(root, dirs)
     names = read_names(data, yaml_rel, txt, rel(txt, base) if txt else "", limits=limits)
     records = {split: _scan_split(d, base, len(names), notes, split, limits) for split, d in dirs.items()}
-    records = {split: records[split] for split in ("train", "val", "test") if records.get(split)}
+    records = {split: records[split] for split in SPLITS if records.get(split)}
     if not records:
         formats = ", ".join(sorted(IMG_FORMATS))
         raise DatasetError(f"{root.name}: no images found; expected image files ({formats}) in {LAYOUTS}")
@@ -250,21 +248,24 @@ def _load(
     return DatasetSummary(root=out, yaml_path=yaml_out, names=names, splits=counts, warnings=notes)
 
 
-def _check_image(path: Path, where: str) -> None:
-    """Refuse what Ultralytics would drop or choke on: unreadable, truncated, tiny, exotic or huge images."""
+def _check_image(path: Path, where: str, limits: Limits) -> None:
+    """Refuse what Ultralytics would drop or choke on: unreadable, truncated, tiny, exotic or huge images.
+
+    Huge means over `limits.max_image_pixels`, the cap Compare applies too, checked from the header before decoding.
+    """
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 size, fmt = im.size, (im.format or "").lower()
-                if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                if size[0] * size[1] > limits.max_image_pixels:
                     raise Image.DecompressionBombError(f"{size[0]}x{size[1]} pixels")
                 im.verify()
             with Image.open(path) as im:
                 im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DatasetError(
-            f"{where}: image too large ({e}); at most {MAX_IMAGE_PIXELS} pixels are accepted; resize it"
+            f"{where}: image too large ({e}); at most {limits.max_image_pixels} pixels are accepted; resize it"
         ) from e
     except Exception as e:  # PIL raises many types on malformed files (OSError, SyntaxError, struct.error, ...)
         raise DatasetError(f"{where}: not a readable image ({e}); re-export it as JPEG or PNG, or delete it") from e
@@ -286,7 +287,7 @@ def _scan_split(images_dir: Path, base: Path, nc: int, notes: list[str], split: 
     labels = [Path(p) for p in img2label_paths(images)]
     records, background = [], []
     for image, label in zip(images, labels, strict=True):
-        _check_image(image, rel(image, base))
+        _check_image(image, rel(image, base), limits)
         classes = []
         if label.is_file():
             where = rel(label, base)

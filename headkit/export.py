@@ -1,6 +1,6 @@
 """Write a merged model to files people can run elsewhere: the Ultralytics .pt, TorchScript and ONNX.
 
-The .pt pickles `headkit.merge.ConcatHead`, so it loads only where headkit is importable; elsewhere Ultralytics'
+The .pt pickles `headkit.concat.ConcatHead`, so it loads only where headkit is importable; elsewhere Ultralytics'
 AutoInstall would `pip install headkit` from PyPI, i.e. run whatever that name holds. TorchScript and ONNX carry the
 traced graph and Ultralytics' metadata (names, stride, imgsz), so plain `ultralytics.YOLO("merged.onnx")` runs them.
 """

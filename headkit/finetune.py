@@ -20,11 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from ultralytics import YOLO
 
+from .base import clone_model, ensure_detect_base
 from .branch import check_rows_match, check_shapes
 from .headfile import check_names, describe_detect, new_detect, read_header
 from .limits import Limits
-from .model import clone_model, ensure_detect_base
-from .progress import TrainingCancelled, TrainProgress, attach_callbacks, discard_checkpoints
+from .progress import TrainProgress, train_reporting
+from .runfiles import RunFiles
 from .settings import current_limits
 from .trunk import detection_model
 
@@ -65,18 +66,14 @@ def finetune(
     ensure_detect_base(base)
     model = clone_model(base)
     model.ckpt = {"model": detection_model(model)}  # start from the base's weights, not random ones
-    attach_callbacks(model, progress, stop)
     started = time.perf_counter()
-    try:
-        model.train(
-            data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(project), name=name,
-            exist_ok=True, plots=False, verbose=False, **overrides,
-        )  # fmt: skip
-    except TrainingCancelled:
-        discard_checkpoints(model.trainer)
-        raise
-    map50 = float(model.trainer.validator.metrics.box.map50)
-    return FineTuneResult(model, round(map50, 4), time.perf_counter() - started)
+    settings = dict(
+        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(project), name=name,
+        exist_ok=True, plots=False, verbose=False, **overrides,
+    )  # fmt: skip
+    run_dir = train_reporting(model, settings, progress, stop)
+    map50 = RunFiles(run_dir).metrics()["all"]["mAP50"]  # from the run folder: a DDP parent's trainer never validates
+    return FineTuneResult(model, map50, time.perf_counter() - started)
 
 
 def save_finetuned(model, path: str | Path) -> Path:

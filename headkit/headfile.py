@@ -22,6 +22,7 @@ from ultralytics.nn.modules.conv import Conv, DWConv
 from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.torch_utils import initialize_weights
 
+from .base import ensure_detect_base, model_source
 from .branch import (
     BRANCH_PREFIX,
     Branch,
@@ -34,7 +35,6 @@ from .branch import (
 )
 from .kinds import HeadKind, branch_inputs
 from .limits import Limits
-from .model import ensure_detect_base, model_source
 from .settings import current_limits
 from .sources import resolve
 from .trunk import compare_trunks, detection_model, fingerprint, head_index

@@ -28,10 +28,6 @@ _REPO_ID = re.compile(r"^[\w.\-]{1,96}/[\w.\-]{1,96}$")
 _METRIC_COLUMNS = ("P", "R", "mAP50", "mAP50-95")
 
 
-def head_label(head: Head) -> str:
-    return head.metadata.get("label") or "_".join(head.names.values()) or "head"
-
-
 def base_hub_repo(source: str | None) -> str | None:
     """The Hub repository a base came from (`hf://owner/repo/...` or an official bare name), else None."""
     if not source:
@@ -92,7 +88,7 @@ def render_model_card(
     }
     if base_hub_repo(base_source):
         front["base_model"] = base_hub_repo(base_source)
-    label = head_label(head)
+    label = head.label
     offset = len(base_names)
     classes = _table(
         ["head index", "merged index", "class"],
@@ -201,7 +197,7 @@ def push_head(
     token = token or settings.token
     if not token:
         raise ValueError("pushing needs a Hub token with write access: sign in, or give a token (or set HF_TOKEN)")
-    filename = safe_name(filename or f"{head_label(head)}.safetensors")
+    filename = safe_name(filename or f"{head.label}.safetensors")
     api = HfApi(endpoint=settings.hf_endpoint, token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
@@ -217,7 +213,7 @@ def push_head(
             info = api.upload_folder(
                 repo_id=repo_id,
                 folder_path=folder,
-                commit_message=commit_message or f"Add head {head_label(head)} ({', '.join(head.names.values())})",
+                commit_message=commit_message or f"Add head {head.label} ({', '.join(head.names.values())})",
             )
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
@@ -226,5 +222,5 @@ def push_head(
                 f"the Hub refused the token for {repo_id} ({status}); use a token with write access to that owner"
             ) from e
         raise ConnectionError(f"pushing to {settings.hf_endpoint}/{repo_id} failed: {e}") from e
-    LOGGER.info("pushed head %s to %s: %s", head_label(head), repo_id, info.commit_url)
+    LOGGER.info("pushed head %s to %s: %s", head.label, repo_id, info.commit_url)
     return info.commit_url

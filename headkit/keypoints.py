@@ -23,11 +23,14 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.nn.modules import Pose
 from ultralytics.nn.tasks import DetectionModel
 
+from .labels import load_yaml, names_file_bytes
+from .layout import SPLITS
+from .settings import current_limits
+
 LOGGER = logging.getLogger(__name__)
 
 KPT_SHAPE = [1, 3]  # one keypoint (the box centre) with x, y, visibility
 FLIP_IDX = [0]  # a centre stays itself under a horizontal flip
-SPLIT_KEYS = ("train", "val", "test")
 _BOUNDS_TOLERANCE = 0.01  # Ultralytics accepts box values this far outside [0, 1]
 _DECIMALS = 8  # 1e-8 of the image side: far below a pixel, and hides float noise from polygon maths
 
@@ -190,9 +193,7 @@ def _read_detect_yaml(src: Path) -> dict:
     yaml_path = src / "data.yaml"
     if not yaml_path.is_file():
         raise FileNotFoundError(f"expected {yaml_path} (a YOLO dataset folder with data.yaml), but it does not exist")
-    data = yaml.safe_load(yaml_path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"expected {yaml_path} to hold a mapping, got {type(data).__name__}")
+    data = load_yaml(yaml_path, str(yaml_path), max_bytes=names_file_bytes(current_limits()))
     if "kpt_shape" in data:
         raise ValueError(
             f"expected a detection dataset, but {yaml_path} already has kpt_shape: {data['kpt_shape']}; "
@@ -206,7 +207,7 @@ def _split_folders(data: dict, src: Path) -> dict[str, Path]:
     base = src / data["path"] if data.get("path") else src
     images = src / "images"
     splits = {}
-    for key in SPLIT_KEYS:
+    for key in SPLITS:
         value = data.get(key)
         if not value:
             continue

@@ -45,10 +45,10 @@ def parse_label_line(
     polygon = n >= 7 and n % 2 == 1
     if n != 5 and not (allow_polygons and polygon):
         if n > 5:
-            kind = "a segment (polygon) label" if polygon else "a pose (keypoint) label or a row with scores"
+            looks_like = "a segment (polygon) label" if polygon else "a pose (keypoint) label or a row with scores"
             raise DatasetError(
                 f"{where}: found {n} columns, but detection labels have exactly 5 (class cx cy w h); this looks like "
-                f"{kind}; export the dataset in YOLO detection (box) format"
+                f"{looks_like}; export the dataset in YOLO detection (box) format"
             )
         raise DatasetError(f"{where}: found {n} columns, expected 5 (class cx cy w h); complete or delete the row")
     values = []

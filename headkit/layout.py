@@ -12,7 +12,10 @@ from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 
 from headkit.labels import DatasetError
 
+SPLITS = ("train", "val", "test")
+"""The splits a dataset is written with, in this order (data.yaml keys and folder names alike)."""
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+"""Each folder name (or file-name prefix) a split is found under -> its split; Roboflow writes `valid/`."""
 LAYOUTS = "images/train + labels/train (Ultralytics) or train/images + train/labels (Roboflow)"
 _SKIPPED = {"__MACOSX"}
 JSON_PARTS = 3
@@ -103,7 +106,7 @@ def is_normalized(data: dict, yaml_path: Path | None, root: Path, splits: dict[s
         return False
     if "path" in data or "download" in data:  # `path: .` follows the cwd; `download` is code Ultralytics may run
         return False
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         value = data.get(split)
         if split not in splits:
             if value is not None:
@@ -135,7 +138,7 @@ def materialize(records: dict[str, list[Record]], names: dict[int, str], out: Pa
             for src, dst in pairs:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 transfer(src, dst)
-    data = {split: f"images/{split}" for split in ("train", "val", "test") if split in records}
+    data = {split: f"images/{split}" for split in SPLITS if split in records}
     text = yaml.safe_dump({**data, "names": names}, sort_keys=False, allow_unicode=True)
     yaml_path = out / "data.yaml"
     yaml_path.write_text(

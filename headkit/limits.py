@@ -50,7 +50,7 @@ class Limits:
         max_merged_classes: classes of one merged model, base and every head together.
         max_heads: extra heads stacked in one merge.
         max_class_name_chars: characters of one class name.
-        max_image_pixels: width x height of one image to compare (a 50 MP photo fits).
+        max_image_pixels: width x height of one image to compare or train on (a 50 MP photo fits).
         max_imgsz: the model input size (pixels of the longer side) for compare and training.
         max_output_mb: raw output of one merged model for one image at the chosen size, (4 + classes) x
             (heads x anchors) float32 values; the padded score rows of many heads times many classes grow fast.

@@ -1,11 +1,7 @@
-"""ConcatHead and merge(): the one place that joins Detect heads. Nothing in Ultralytics is patched.
+"""merge(): one model from a base and extra heads, after every check that they fit. Nothing in Ultralytics is patched.
 
-ConcatHead is a Detect (without branches of its own) so that Ultralytics' own seams reach it: the predictor,
-validator and exporter choose the NMS-free branch with `model.end2end = ...`, which only a Detect receives.
-
-A merged model is exact (each class's boxes and confidences are what its own head alone gives) under Ultralytics'
-default per-class NMS. Class-agnostic NMS would let one head's boxes suppress another's, so merged models refuse it
-through per-model callbacks (`guard_merged`), never through a global patch.
+Several heads are joined by a `ConcatHead` (`headkit.concat`), whose per-model callbacks (`guard_merged`) keep the
+merged model exact: they refuse class-agnostic NMS, which would let one head's boxes suppress another's.
 """
 
 from __future__ import annotations
@@ -13,130 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-from ultralytics import YOLO
-from ultralytics.nn.modules.head import Detect
-
+from .base import clone_model, ensure_detect_base, model_source
 from .branch import Branch, check_branch_fits_base
+from .concat import ConcatHead, guard_merged
 from .filenames import safe_name
 from .headfile import Head, check_layout, describe_detect
 from .limits import Limits, output_mb
-from .model import clone_model, ensure_detect_base, model_source
 from .settings import current_limits
 from .trunk import detection_model, fingerprint
 
+if TYPE_CHECKING:
+    from ultralytics import YOLO
+
 LOGGER = logging.getLogger(__name__)
-
-
-class ConcatHead(Detect):
-    """Run several Detect heads on the same feature maps and join their predictions into one.
-
-    A Detect to Ultralytics (so its predictor, validator, exporter and `fuse()` reach it, e.g. to pick the NMS-free
-    branch), with no branches of its own. Two output modes, as every head in it:
-
-    - one-to-many (YOLOv8, YOLO11, and YOLO26 with external NMS): shape (B, 4 + sum(nc), heads * anchors); head k owns
-      anchor columns [k*A, (k+1)*A) with its own boxes and class rows 4 + offset_k ... 4 + offset_k + nc_k; its
-      scores for every other head's classes are zero, so NMS sees each head's candidates as that head alone makes them.
-    - end-to-end (YOLO26 with `nms=False`): each head selects its own top `max_det` rows (B, k, 6); their class ids
-      are offset and the rows stacked, the base head's first, so a per-image cap keeps the base's detections whole.
-    """
-
-    cv2 = None  # no one-to-many branch of its own (read by Ultralytics' fuse checks)
-
-    def __init__(self, heads: Sequence[Detect | Branch], *, features: int = 3, shared: Sequence[int] = ()):
-        """
-        Args:
-            heads: Detect heads (read the base head's feature maps) and Branch heads (read shared layers' outputs).
-            features: how many of the inputs are the base head's feature maps; the rest are the outputs of the
-                `shared` layers, in that order, for the branches.
-        """
-        nn.Module.__init__(self)  # Detect.__init__ would build branches this head does not have
-        self.heads = nn.ModuleList(heads)
-        self.features = int(features)
-        self.shared = [int(i) for i in shared]
-        self.nc = sum(head.nc for head in heads)
-        self.reg_max = _detect(heads[0]).reg_max
-        self.nl = _detect(heads[0]).nl
-        self.no = self.nc + self.reg_max * 4
-        self.stride = _detect(heads[0]).stride.clone()
-
-    @property
-    def end2end(self) -> bool:
-        """True when every head runs its NMS-free one-to-one branch (Ultralytics reads this through the model)."""
-        return all(_detect(head).end2end for head in self.heads)
-
-    @end2end.setter
-    def end2end(self, value: bool) -> None:
-        for head in map(_detect, self.heads):
-            if getattr(head, "one2one_cv2", None) is not None:
-                head.end2end = value
-
-    @property
-    def max_det(self) -> int:
-        return _detect(self.heads[0]).max_det
-
-    @max_det.setter
-    def max_det(self, value: int) -> None:  # the predictor and validator set it per call; each head selects its own
-        for head in map(_detect, self.heads):
-            head.max_det = value
-
-    @property
-    def agnostic_nms(self) -> bool:
-        return _detect(self.heads[0]).agnostic_nms
-
-    @agnostic_nms.setter
-    def agnostic_nms(self, value: bool) -> None:
-        for head in map(_detect, self.heads):
-            head.agnostic_nms = value
-
-    def forward(self, x: list[torch.Tensor]):
-        """Training mode: each head's raw dict. Export mode: the joined tensor. Otherwise (joined, raw dicts)."""
-        features, shared = list(x[: self.features]), dict(zip(self.shared, x[self.features :], strict=True))
-        outputs = [
-            head([shared[i] for i in head.inputs]) if isinstance(head, Branch) else head(list(features))
-            for head in self.heads
-        ]
-        if self.training:
-            return {"heads": outputs}
-        export = isinstance(outputs[0], torch.Tensor)
-        predictions = [out if export else out[0] for out in outputs]
-        joined = self._join_selected(predictions) if self.end2end else self._join(predictions)
-        return joined if export else (joined, {"heads": [out[1] for out in outputs]})
-
-    def _join(self, predictions: list[torch.Tensor]) -> torch.Tensor:
-        boxes = torch.cat([p[:, :4] for p in predictions], dim=2)
-        scores, offset = [], 0
-        for p, head in zip(predictions, self.heads, strict=True):
-            # zero rows above and below this head's classes (F.pad keeps the graph exportable)
-            scores.append(F.pad(p[:, 4:], (0, 0, offset, self.nc - offset - head.nc)))
-            offset += head.nc
-        return torch.cat((boxes, torch.cat(scores, dim=2)), dim=1)
-
-    def _join_selected(self, predictions: list[torch.Tensor]) -> torch.Tensor:
-        """Stack each head's selected rows [x1, y1, x2, y2, score, class], class ids offset to the merged names."""
-        rows, offset = [], 0
-        for p, head in zip(predictions, self.heads, strict=True):
-            rows.append(torch.cat((p[..., :5], p[..., 5:6] + offset, p[..., 6:]), dim=-1))
-            offset += head.nc
-        return torch.cat(rows, dim=1)
-
-    def fuse(self) -> None:
-        """Nothing to drop here: Ultralytics' fuse() reaches each inner head and drops its unused branch itself."""
-
-    def _apply(self, fn, recurse=True):
-        """Move the heads' stride/anchor tensors too: Ultralytics does this only for a Detect in the last layer."""
-        super()._apply(fn, recurse)
-        self.stride = fn(self.stride)
-        for head in map(_detect, self.heads):
-            head.stride, head.anchors, head.strides = fn(head.stride), fn(head.anchors), fn(head.strides)
-        return self
-
-
-def _detect(head: Detect | Branch) -> Detect:
-    return head.detect if isinstance(head, Branch) else head
 
 
 def _unique_names(groups: Sequence[dict[int, str]]) -> dict[int, str]:
@@ -264,68 +151,6 @@ def check_output_size(model_or_counts, imgsz: int, limits: Limits | None = None)
     return size
 
 
-_AGNOSTIC_WHY = (
-    "class-agnostic NMS lets one head's boxes suppress another head's (a new head's box can remove a base "
-    "detection), so the base classes would no longer be exactly the base's"
-)
-
-
-def _refuse_agnostic_predict(predictor) -> None:
-    """on_predict_start: predict/track with agnostic_nms on a merged model would not be exact."""
-    if getattr(predictor.args, "agnostic_nms", False):
-        raise ValueError(
-            f"agnostic_nms=True is refused on a merged model: {_AGNOSTIC_WHY}; predict with agnostic_nms=False (the "
-            "default), or run the base and each head's model (merge(base, head, keep_base_head=False)) separately "
-            "and apply class-agnostic NMS to each"
-        )
-
-
-def _refuse_agnostic_val(validator) -> None:
-    """on_val_start: single_cls / agnostic_nms validation runs class-agnostic NMS across the heads."""
-    for setting in ("single_cls", "agnostic_nms"):
-        if getattr(validator.args, setting, False):
-            raise ValueError(
-                f"{setting}=True is refused on a merged model: it validates with class-agnostic NMS, and "
-                f"{_AGNOSTIC_WHY}; validate with {setting}=False (per-class NMS, the default), or validate the base "
-                "or each head's model (merge(base, head, keep_base_head=False)) on its own"
-            )
-
-
-def _refuse_baked_nms(exporter) -> None:
-    """on_export_start: a merged model exports its raw joined output; NMS runs where the file is loaded.
-
-    Ultralytics' NMS wrapper was written for one Detect head; its exactness for several joined heads is unproven, so
-    it is refused rather than trusted.
-    """
-    if getattr(exporter.args, "nms", None):
-        raise ValueError(
-            "export(nms=True) is refused on a merged model: NMS is not baked into its graph, so that every head's "
-            "candidates stay exactly its own; export with nms unset (the default) — ultralytics.YOLO(file).predict "
-            "runs per-class NMS on the output — or, for a YOLO26 base, nms=False for its NMS-free output"
-        )
-
-
-_GUARDS = (
-    ("on_predict_start", _refuse_agnostic_predict),
-    ("on_val_start", _refuse_agnostic_val),
-    ("on_export_start", _refuse_baked_nms),
-)
-
-
-def guard_merged(model: YOLO) -> YOLO:
-    """Make a model whose last layer is a ConcatHead refuse class-agnostic NMS and baked-in NMS; others pass unchanged.
-
-    The refusal lives in this model's own callbacks (`model.add_callback`), so it holds for every predict, track, val
-    and export call on it and touches nothing global. Call it on any merged model loaded from a `.pt` (callbacks are not
-    saved with the weights); calling it twice adds nothing.
-    """
-    if isinstance(detection_model(model).model[-1], ConcatHead):
-        for event, guard in _GUARDS:
-            if guard not in model.callbacks.get(event, []):
-                model.add_callback(event, guard)
-    return model
-
-
 def merged_file_name(base, heads: Sequence[Head], *, keep_base_head: bool = True) -> Path:
     """`<base>+<head>+….pt` in the working directory: what the merged model's exports are named after.
 
@@ -386,7 +211,7 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
         new.f, new.type = old.f, "Detect"
     else:
         new = ConcatHead(detects, features=len(old.f), shared=shared)
-        new.f, new.type = [*old.f, *shared], "headkit.merge.ConcatHead"
+        new.f, new.type = [*old.f, *shared], f"{ConcatHead.__module__}.ConcatHead"
         inner.save = sorted(set(inner.save) | set(shared))  # keep the shared layers' outputs for the branches
     new.i = old.i
     new.np = sum(p.numel() for p in new.parameters())

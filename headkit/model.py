@@ -1,20 +1,24 @@
-"""Load Ultralytics models from any source, and check that a model can carry extra Detect heads."""
+"""Load Ultralytics models from any source; a merged model loaded from its .pt refuses what would make it inexact.
+
+What a loaded model must be to carry heads (`ensure_detect_base`), where it came from and a private copy of it live
+in `headkit.base`, which needs no Ultralytics engine.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import zipfile
 from pathlib import Path
 
 from ultralytics import YOLO
 from ultralytics.nn import tasks
-from ultralytics.nn.modules.head import Detect
 
 from .basefile import load_base
+from .concat import guard_merged
 from .sources import resolve
-from .trunk import detection_model
+
+__all__ = ["ARCHITECTURE_SUFFIXES", "load_model"]
 
 LOGGER = logging.getLogger(__name__)
 ARCHITECTURE_SUFFIXES = (".yaml", ".yml")
@@ -56,8 +60,6 @@ def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
                 "saved by Ultralytics (model.save or a training run's best.pt)"
             ) from e
     model.headkit_source = text
-    from .merge import guard_merged  # merge imports this module
-
     return guard_merged(model)  # a merged .pt refuses class-agnostic NMS as the merged model it was saved from did
 
 
@@ -79,53 +81,3 @@ def _no_eval_parsing():
         yield
     finally:
         state._local.active = before
-
-
-def model_source(model) -> str | None:
-    """Where a model came from, as the user named it, if known."""
-    return getattr(model, "headkit_source", None) or getattr(model, "ckpt_path", None)
-
-
-def ensure_detect_base(model, *, role: str = "base") -> None:
-    """Refuse anything but a plain YOLO Detect model (YOLOv8, YOLO11, YOLO26 and alike), saying why.
-
-    Raises:
-        ValueError: the model is not a detection model, is already merged, is YOLOv10, or is end-to-end with its
-            one-to-many branch fused away.
-    """
-    inner = detection_model(model)
-    head = inner.model[-1]
-    task = getattr(model, "task", None) or getattr(inner, "task", "detect")
-    if type(head).__name__ == "ConcatHead":
-        raise ValueError(
-            f"the {role} is already a merged model; merge heads onto the original base model instead of a merged one"
-        )
-    if type(head).__name__ == "v10Detect":
-        raise ValueError(
-            f"the {role} is a YOLOv10 model (v10Detect head); headkit merges YOLOv8, YOLO11 and YOLO26 detect models "
-            "— use one of those, e.g. yolo26n.pt"
-        )
-    if task != "detect" or type(head) is not Detect:
-        raise ValueError(
-            f"the {role} is a '{task}' model with a {type(head).__name__} head; headkit adds Detect heads to plain "
-            "object-detection models only — use a detect checkpoint such as yolov8n.pt or yolo11n.pt"
-        )
-    if head.cv2 is None:
-        raise ValueError(
-            f"the {role} is a fused end-to-end model (its one-to-many branch was removed); load the original "
-            "checkpoint (.pt) instead of a fused or exported copy"
-        )
-
-
-def clone_model(model: YOLO) -> YOLO:
-    """Deep copy of a YOLO wrapper (weights bit-exact) without its predictor, trainer or training checkpoint.
-
-    The original is never touched, not even for a moment: other threads may be predicting with it. The copy's
-    predictor, trainer and checkpoint are swapped for empty ones through deepcopy's memo.
-    """
-    memo: dict[int, object] = {}
-    for attribute, empty in (("predictor", None), ("trainer", None), ("ckpt", {})):
-        value = getattr(model, attribute, None)
-        if value is not None:
-            memo[id(value)] = empty
-    return copy.deepcopy(model, memo)

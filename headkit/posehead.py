@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from ultralytics import YOLO, __version__
 from ultralytics.nn.tasks import PoseModel
 
+from .base import ensure_detect_base
 from .headfile import Head, extract_head
 from .keypoints import KPT_SHAPE, convert_to_keypoints, pose_to_detect
-from .model import ensure_detect_base
-from .progress import TrainingCancelled, TrainProgress, attach_callbacks, discard_checkpoints
+from .labels import load_yaml
+from .progress import TrainProgress, train_reporting
 from .trunk import compare_trunks, detection_model
 
 LOGGER = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _keypoint_dataset(data_yaml: Path, dst: Path) -> Path:
             f"{data_yaml}; rename it to data.yaml or pass the dataset folder"
         )
     previous = dst / "data.yaml"
-    if previous.is_file() and "kpt_shape" in (yaml.safe_load(previous.read_text()) or {}):
+    if previous.is_file() and "kpt_shape" in load_yaml(previous, str(previous)):
         shutil.rmtree(dst)
     return convert_to_keypoints(data_yaml.parent, dst).yaml_path
 
@@ -136,17 +136,12 @@ def train_pose_head(
     """
     work = Path(settings.get("project") or "runs/headkit") / f"{settings.get('name', 'head')}-keypoints"
     kpt_yaml = _keypoint_dataset(Path(data_yaml), work / "data")
-    names = yaml.safe_load(kpt_yaml.read_text())["names"]
+    names = load_yaml(kpt_yaml, str(kpt_yaml))["names"]
     names = dict(enumerate(names)) if isinstance(names, list) else names
     # a single-process Ultralytics trainer seeds with `seed` just before it builds a plain head's new layers;
     # seeding the variant alike starts the class layer of both kinds of head from the same values
     model = pose_variant(base, names=names, seed=int(settings.get("seed", 0)), path=work / "pose.pt")
-    attach_callbacks(model, progress, stop)
-    try:
-        model.train(**{**LOSS_GAINS, **settings, "data": str(kpt_yaml)})
-    except TrainingCancelled:
-        discard_checkpoints(model.trainer)
-        raise
+    train_reporting(model, {**LOSS_GAINS, **settings, "data": str(kpt_yaml)}, progress, stop)
     return model, model.trainer
 
 

@@ -157,7 +157,7 @@ class Run:
 
     def _add(self, event: Any) -> None:
         with self.changed:
-            if isinstance(event, TrainProgress) and event.kind == "batch":
+            if isinstance(event, TrainProgress) and event.stage == "batch":
                 self._latest = event
             else:
                 self.events.append(event)

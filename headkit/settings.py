@@ -15,6 +15,14 @@ SHIPPED_BASES = Path(__file__).resolve().parents[1] / "weights" / "bases"
 # The embedded demo base (weights/bases/, safetensors, no pickle): every tab works offline with no setting at all.
 DEFAULT_BASE = "yolov8s-fall.safetensors"
 HUB_BASES = ("yolov8n.pt", "yolo11n.pt", "yolo26n.pt")
+DEMO_ASSETS_MAKER = "python tools/make_demo_assets.py"
+
+
+def restore_hint(path: Path) -> str:
+    """How to get the shipped base back, or where a user's own base file comes from (for missing or damaged files)."""
+    if path.name == DEFAULT_BASE:
+        return f"restore it with 'git checkout weights/bases/{DEFAULT_BASE}' or re-make it with '{DEMO_ASSETS_MAKER}'"
+    return "save it again with headkit.basefile.save_base from the checkpoint it was made from"
 
 
 def _paths(value: str) -> tuple[Path, ...]:

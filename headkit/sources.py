@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .limits import Limits
-from .settings import DEFAULT_BASE, SHIPPED_BASES, Settings
+from .settings import DEFAULT_BASE, SHIPPED_BASES, Settings, restore_hint
 
 LOGGER = logging.getLogger(__name__)
 
@@ -288,8 +288,6 @@ def resolve(
         if local:
             return local
         if path.name == DEFAULT_BASE:  # the embedded base lives in weights/, never on the Hub
-            from .basefile import restore_hint
-
             folders = ", ".join(map(str, (*settings.weights_dirs, SHIPPED_BASES)))
             raise FileNotFoundError(f"the embedded base '{text}' is missing from {folders}; {restore_hint(Path(text))}")
         hub_file = official_hub_file(path.name, revision=revision)

@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from .base import clone_model, ensure_detect_base
 from .headfile import Head, extract_head
 from .kinds import PLAIN, resolve_branch
 from .merge import merge
-from .model import clone_model, ensure_detect_base
 from .posehead import detect_head_from_pose, train_pose_head
-from .progress import TrainingCancelled, TrainProgress, attach_callbacks, discard_checkpoints
+from .progress import TrainingCancelled, TrainProgress, train_reporting  # noqa: F401 (callers catch it from here)
+from .runfiles import RunFiles
 from .trunk import detection_model, head_index
 
 LOGGER = logging.getLogger(__name__)
@@ -62,19 +63,6 @@ def _data_yaml(data: str | Path, base) -> Path:
     return load_dataset(path, base_names=base_names).yaml_path
 
 
-def _per_class_metrics(trainer) -> dict[str, dict[str, float]]:
-    """Per-class box P, R, mAP50, mAP50-95 on the val split from the trainer's final validation, plus "all"."""
-    metrics = trainer.validator.metrics.box  # a pose validator adds keypoint metrics beside the box ones
-    names = trainer.validator.names
-    table = {}
-    for i, class_index in enumerate(metrics.ap_class_index):
-        p, r, map50, map5095 = metrics.class_result(i)
-        table[names[int(class_index)]] = {"P": p, "R": r, "mAP50": map50, "mAP50-95": map5095}
-    p, r, map50, map5095 = metrics.mean_results()
-    table["all"] = {"P": p, "R": r, "mAP50": map50, "mAP50-95": map5095}
-    return {name: {k: round(float(v), 4) for k, v in row.items()} for name, row in table.items()}
-
-
 def train_head(
     base,
     data: str | Path,
@@ -97,14 +85,17 @@ def train_head(
     `branch="head"` trains a Detect head alone on the frozen trunk; `branch="neck"` also trains the head's own copy
     of every layer after the backbone (more accurate, costs the neck again at inference); an int is the first layer
     the head owns. Every layer before that is frozen (`freeze=`, read from the model) and Ultralytics 8.4 keeps their
-    BatchNorm layers in eval mode. The head is taken from the trained model after checking its shared layers still
-    equal the base's bit for bit; merging later uses the base's own layers.
+    BatchNorm layers in eval mode. The head is taken from the run's best.pt after checking its shared layers still
+    equal the base's bit for bit, the metrics from the run folder (`headkit.runfiles`), so a multi-GPU run, whose
+    training happens in other processes, yields the same result; merging later uses the base's own layers.
 
     Args:
         data: a data.yaml, a dataset folder or a .zip (validated by `load_dataset`).
-        device: "auto" (GPU if present), "cpu", or a CUDA index such as "0".
-        progress: called per batch and per epoch with a TrainProgress.
-        stop: polled after every batch; returning True cancels (TrainingCancelled) and nothing is saved.
+        device: "auto" (GPU if present), "cpu", a CUDA index such as "0", or several ("0,1": Ultralytics' DDP, in
+            worker processes it starts; `batch` is the total, split evenly between the GPUs).
+        progress: called per batch and per epoch with a TrainProgress (from a thread following the run folder).
+        stop: polled every 0.1 s while training; returning True cancels after the current batch
+            (TrainingCancelled) and nothing is saved.
         keypoint_trick: train a one-keypoint Pose head on box centres (box/dfl gains 0.01) and keep its Detect part
             (`headkit.posehead`); the head is marked `trained_with: keypoint-trick`.
         init_head: start from this head's weights instead of the base head's (e.g. to go on training a head at a
@@ -115,8 +106,36 @@ def train_head(
     ensure_detect_base(base)
     start = init_head.kind.branch_start if init_head is not None else resolve_branch(base, branch)
     yaml_path = _data_yaml(data, base)
+    settings = _settings(
+        base, yaml_path, start, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=project, name=name
+    )
+    settings.update(overrides)
+    started = time.perf_counter()
+    if keypoint_trick:
+        model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop)
+        run_dir = Path(trainer.save_dir)
+    else:
+        model = _start_model(base, init_head)
+        run_dir = train_reporting(model, settings, progress, stop)
+    seconds = time.perf_counter() - started
+    # read from the run folder, not the trainer: under DDP this process's trainer never validates
+    metrics = RunFiles(run_dir).metrics()
+    # Ultralytics' Model.train has loaded the run's best.pt (else last.pt) into `model`, in DDP as in one process
+    if keypoint_trick:
+        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics, branch_start=start)
+    else:
+        head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start)
+    LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
+    return TrainResult(head=head, metrics=metrics, run_dir=run_dir, seconds=seconds)
+
+
+def _settings(
+    base, yaml_path: Path, start: int | None, *, epochs: int, imgsz: int, batch: int, device: str,
+    project: str | Path | None, name: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Ultralytics trainer arguments for a head run: the layers before `start` (else the base head) frozen."""
     device = default_device() if device == "auto" else device
-    settings = {
+    return {
         "data": str(yaml_path),
         "epochs": epochs,
         "imgsz": imgsz,
@@ -129,26 +148,11 @@ def train_head(
         "plots": True,
         "verbose": False,
         "workers": min(4, os.cpu_count() or 1) if device != "cpu" else min(2, os.cpu_count() or 1),
-        **overrides,
     }
-    started = time.perf_counter()
-    if keypoint_trick:
-        model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop)
-    else:
-        model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
-        model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
-        attach_callbacks(model, progress, stop)
-        try:
-            model.train(**settings)
-        except TrainingCancelled:
-            discard_checkpoints(model.trainer)
-            raise
-        trainer = model.trainer
-    seconds = time.perf_counter() - started
-    metrics = _per_class_metrics(trainer)
-    if keypoint_trick:
-        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics, branch_start=start)
-    else:
-        head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start)
-    LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
-    return TrainResult(head=head, metrics=metrics, run_dir=Path(trainer.save_dir), seconds=seconds)
+
+
+def _start_model(base, init_head: Head | None):
+    """The model training starts from: a copy of the base, or the base with `init_head` in place of its head."""
+    model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
+    model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
+    return model

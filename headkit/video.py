@@ -23,12 +23,12 @@ from typing import Any
 import imageio_ffmpeg
 import numpy as np
 
+from .concat import MAX_DET
 from .limits import Limits
 from .settings import current_limits
 from .tracking import Tracker, plot_tracked
 
 LOGGER = logging.getLogger(__name__)
-MAX_DET = 1000  # as in Compare: the per-image cap must not cut base boxes
 MIN_SIDE, MAX_SIDE = 2, 8192  # yuv420p needs 2 px; 8192 px is the widest H.264 level (6.2) there is
 MIN_FPS, MAX_FPS = 0.1, 240.0
 DEFAULT_FPS = 25.0  # when the header names none; it sets the output's playback speed only

@@ -54,7 +54,7 @@ def test_nms_caps_the_readme_cites():
 
 
 def test_class_agnostic_nms_settings_in_val():
-    """merge.guard_merged refuses exactly the settings that make validation class-agnostic."""
+    """concat.guard_merged refuses exactly the settings that make validation class-agnostic."""
     import inspect
 
     from ultralytics.models.yolo.detect.val import DetectionValidator
@@ -79,7 +79,7 @@ def test_instance_callbacks_reach_an_existing_predictor():
 
 
 def test_exporter_calls_on_export_start_before_writing():
-    """merge.guard_merged refuses nms=True in on_export_start: it must run before any file is written."""
+    """concat.guard_merged refuses nms=True in on_export_start: it must run before any file is written."""
     import inspect
 
     from ultralytics.engine.exporter import Exporter

@@ -22,7 +22,7 @@ from conftest import copy_tiny_plates
 from hub_server import LoopbackHub
 
 import headkit
-from headkit.model import clone_model
+from headkit.base import clone_model
 from headkit.train import train_head
 
 CONF = 0.001  # a briefly trained YOLO26n scores low; every selected row still counts

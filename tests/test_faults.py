@@ -40,7 +40,7 @@ def test_stop_registers_no_head_and_the_next_training_works(base, tiny_plates: P
     job = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600).job("session")
     fingerprint = headkit.fingerprint(base)
     events = job.train(base, tiny_plates / "data.yaml", epochs=3, **TINY)
-    first_epoch = next(e for e in events if e.kind == "epoch")  # Ultralytics has saved last.pt by now
+    first_epoch = next(e for e in events if e.stage == "epoch")  # Ultralytics has saved last.pt by now
     assert first_epoch.epoch == 1 and list(job.path.rglob("weights/last.pt")), "a checkpoint exists before the stop"
     job.request_stop()  # the Stop button
     with pytest.raises(headkit.TrainingCancelled, match="no head was saved"):

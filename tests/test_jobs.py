@@ -61,7 +61,7 @@ def test_training_streams_progress_and_stops_on_request(root, base, tiny_plates)
     job = root.job("trainer")
     events = job.train(base, tiny_plates / "data.yaml", epochs=2, imgsz=160, batch=4, device="cpu", workers=0)
     first = next(events)
-    assert isinstance(first, headkit.TrainProgress) and first.kind == "batch"
+    assert isinstance(first, headkit.TrainProgress) and first.stage == "batch"
     job.request_stop()
     with pytest.raises(headkit.TrainingCancelled):
         list(events)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import headkit
+from headkit.base import clone_model
 from headkit.limits import ENV, anchors, output_mb
-from headkit.model import clone_model
 
 WIDE = 50_000  # classes of the crafted head: one predict of it merged cost ~10 GB before the limit
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import headkit
+from headkit.base import clone_model
 from headkit.headfile import Head
 from headkit.limits import ENV
 from headkit.merge import check_output_size
-from headkit.model import clone_model
 from headkit.trunk import trunk_state
 
 CONF = 0.05  # low enough that a few new-head detections appear on plate images

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 import headkit
+from headkit.concat import _refuse_agnostic_predict, guard_merged
 from headkit.headfile import Head
-from headkit.merge import _refuse_agnostic_predict, guard_merged
 
 IMGSZ = 320
 # Val keeps every candidate: at 320 px each head has 2,100 anchors and val's multi-label NMS keeps every (anchor,
@@ -105,7 +105,7 @@ def test_reloaded_merged_model_refuses(tmp_path, attacked, bus_jpg):
 
     loaded = headkit.load_model(path)
     if _refuse_agnostic_predict not in loaded.callbacks["on_predict_start"]:
-        pytest.xfail("headkit.load_model does not call headkit.merge.guard_merged yet (model.py)")
+        pytest.xfail("headkit.load_model does not call headkit.concat.guard_merged yet (model.py)")
     with pytest.raises(ValueError, match=f"agnostic_nms=True {REFUSED}"):
         loaded.predict(bus_jpg, imgsz=IMGSZ, agnostic_nms=True, verbose=False)
 

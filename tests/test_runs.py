@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import headkit
+from headkit.base import clone_model
 from headkit.finetune import FineTuneResult
 from headkit.keys import UserKeys
-from headkit.model import clone_model
 from headkit.progress import TrainingCancelled, TrainProgress
 from headkit.runs import BEFORE_START, Runs, RunStopped, SavedFineTune, SavedHead, saved
 

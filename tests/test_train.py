@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import headkit
-from headkit.model import clone_model
+from headkit.base import clone_model
 from headkit.trunk import detection_model, head_index
 
 TINY = dict(epochs=1, imgsz=160, batch=4, device="cpu", workers=0)  # a real run, small enough for 2 CPU cores
@@ -39,8 +39,8 @@ def test_ultralytics_plots_are_in_the_run_folder(tiny_run):
 
 def test_progress_reports_batches_then_epochs(tiny_run):
     events = tiny_run[1]
-    batches = [e for e in events if e.kind == "batch"]
-    epochs = [e for e in events if e.kind == "epoch"]
+    batches = [e for e in events if e.stage == "batch"]
+    epochs = [e for e in events if e.stage == "epoch"]
     assert len(batches) == 2 and [e.fraction for e in batches] == sorted(e.fraction for e in batches)
     assert batches[-1].fraction == pytest.approx(1.0)
     assert len(epochs) == 1 and (epochs[0].epoch, epochs[0].epochs) == (1, 1)

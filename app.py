@@ -1000,8 +1000,11 @@ def build_demo() -> gr.Blocks:
             [base, dataset, epochs, train_size, batch, keypoint_trick, branch, finetune],
             training_outputs,
             api_name="train_head",
-            concurrency_id="gpu",
-            concurrency_limit=1,
+            # On ZeroGPU a run lives inside its request, so requests take turns here. Elsewhere RUNS keeps the one
+            # training slot and its bounded line: a request only starts or follows a run, and a client over its
+            # share must be refused at once, not left waiting behind another user's whole run in Gradio's queue.
+            concurrency_id="gpu" if SETTINGS.zero_gpu else None,
+            concurrency_limit=1 if SETTINGS.zero_gpu else None,
             show_progress_on=[status],
         )
         stop.click(stop_training, None, [status], api_name="stop_training", concurrency_limit=None)

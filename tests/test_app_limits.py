@@ -116,11 +116,13 @@ def test_one_queued_run_per_client_and_stop_takes_a_waiting_run_out_of_line(
     owner = Client(app.url, verbose=False)
     running = owner.submit(base_name, archive, 20, 160, 4, False, api_name="/train_head")
     wait_for(running, "Epoch 1/20 done")
-    running.cancel()  # the script goes away; its run goes on
-    with pytest.raises(
+    started = time.monotonic()
+    with pytest.raises(  # while the first request still follows its run: refused at once, not queued behind it
         AppError, match=r"training runs of yours waiting or running at once.*max_queued_runs_per_client"
     ):
         owner.predict(base_name, archive, 1, 160, 4, False, api_name="/train_head")
+    assert time.monotonic() - started < 30
+    running.cancel()  # the script goes away; its run goes on
 
     other = Client(app.url, verbose=False)
     waiting = other.submit(base_name, archive, 1, 160, 4, False, api_name="/train_head")

@@ -64,7 +64,7 @@ def app_page(browser, tmp_path, base_weights, *, height: int, screenshot: str):
 def test_compare_example_renders_three_images(browser, tmp_path, base_weights):
     with app_page(browser, tmp_path, base_weights, height=1000, screenshot="compare.png") as page:
         page.get_by_text("Examples (shipped with Ultralytics)").wait_for(timeout=60_000)
-        page.locator("button.gallery-item").first.click()  # bus.jpg
+        page.locator("button.gallery-item").first.click()  # the composite: bus.jpg with a drawn plate
         page.locator("#in-image img").wait_for(timeout=30_000)
         page.get_by_role("button", name="Compare", exact=True).click()
         for selector in RESULTS:

@@ -78,6 +78,7 @@ def test_a_missing_base_is_said_once_as_text(browser, tmp_path):  # noqa: F811
             toasts = page.locator(".toast-item").count()
             banner = page.get_by_text("Base model yolov8n.pt is not available").first.inner_text()
             page.locator("button.gallery-item").first.click()
+            page.locator("#in-image img").wait_for(timeout=30_000)  # the example is in place before Compare
             page.get_by_role("button", name="Compare", exact=True).click()  # a click is answered, once
             page.locator(".toast-item").first.wait_for(timeout=30_000)
             page.wait_for_timeout(1000)

@@ -17,10 +17,8 @@ from video_files import panned_clip, resolution_bomb
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, base_weights):
-    env = {"HEADKIT_BASE": str(base_weights), "HEADKIT_BASES": "", "HF_HUB_OFFLINE": "1"}
-    with AppServer(tmp_path_factory.mktemp("video_app"), env) as server:
-        yield server
+def app(offline_app: AppServer) -> AppServer:
+    return offline_app  # the suite's shared offline server: one start for every test that needs the plain app
 
 
 @pytest.fixture(scope="module")

@@ -48,21 +48,21 @@ def browser():
 
 
 @contextmanager
-def app_page(browser, tmp_path, base_weights, *, height: int, screenshot: str):
-    """The app on loopback, open in a new Chromium page; a full-page screenshot is kept whatever happens."""
-    env = {"HEADKIT_BASE": str(base_weights), "HF_HUB_OFFLINE": "1"}
+def app_page(browser, server: AppServer, *, height: int, screenshot: str):
+    """The app (the suite's shared offline server) open in a new Chromium page, as a new visitor: a new session;
+    a full-page screenshot is kept whatever happens."""
     SCREENSHOTS.mkdir(exist_ok=True)
-    with AppServer(tmp_path / "app", env) as server:
-        page = browser.new_page(viewport={"width": 1400, "height": height})
-        try:
-            page.goto(server.url)
-            yield page
-        finally:
-            page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    try:
+        page.goto(server.url)
+        yield page
+    finally:
+        page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
+        page.close()
 
 
-def test_compare_example_renders_three_images(browser, tmp_path, base_weights):
-    with app_page(browser, tmp_path, base_weights, height=1000, screenshot="compare.png") as page:
+def test_compare_example_renders_three_images(browser, offline_app):
+    with app_page(browser, offline_app, height=1000, screenshot="compare.png") as page:
         page.get_by_text("Examples (shipped with Ultralytics)").wait_for(timeout=60_000)
         page.locator("button.gallery-item").first.click()  # the composite: bus.jpg with a drawn plate
         page.locator("#in-image img").wait_for(timeout=30_000)
@@ -75,9 +75,9 @@ def test_compare_example_renders_three_images(browser, tmp_path, base_weights):
     assert all(complete and width > 0 for complete, width in sizes), sizes
 
 
-def test_annotated_video_plays_in_the_browser(browser, tmp_path, base_weights, bus_jpg, plate_images):
+def test_annotated_video_plays_in_the_browser(browser, offline_app, tmp_path, bus_jpg, plate_images):
     video = make_video(tmp_path / "street.mp4", [bus_jpg, plate_images[0]], repeat=3, h264=True)  # as a phone
-    with app_page(browser, tmp_path, base_weights, height=1400, screenshot="compare_video.png") as page:
+    with app_page(browser, offline_app, height=1400, screenshot="compare_video.png") as page:
         page.get_by_text("Video: the merged model on every frame").click()
         page.locator("#in-video input[type=file]").set_input_files(str(video))
         page.locator("#in-video video").wait_for(timeout=60_000)
@@ -96,7 +96,7 @@ def test_annotated_video_plays_in_the_browser(browser, tmp_path, base_weights, b
     assert errors == 0
 
 
-def test_a_run_survives_a_page_reload(browser, tmp_path, base_weights, plates_dir):
+def test_a_run_survives_a_page_reload(browser, offline_app, tmp_path, plates_dir):
     """Start training, reload the page: the reopened page shows the same run and then its finished head."""
     import shutil as files
 
@@ -104,7 +104,7 @@ def test_a_run_survives_a_page_reload(browser, tmp_path, base_weights, plates_di
 
     copy_tiny_plates(plates_dir, tmp_path / "zip" / "tiny_plates")
     archive = files.make_archive(str(tmp_path / "tiny_plates"), "zip", tmp_path / "zip", "tiny_plates")
-    with app_page(browser, tmp_path, base_weights, height=1400, screenshot="train_reload.png") as page:
+    with app_page(browser, offline_app, height=1400, screenshot="train_reload.png") as page:
         page.get_by_role("tab", name="Train").click()
         page.locator("#dataset input[type=file]").set_input_files(archive)
         page.get_by_text("Estimated training time").wait_for(timeout=60_000)

@@ -8,7 +8,9 @@ allocated. The crafted files come from `head_attack_files` (shared with the soak
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from head_attack_files import (
     SHIPPED_NECK,
     make_channel_bomb_head,
@@ -33,10 +37,11 @@ from headkit.trunk import detection_model
 MAX_GROWTH_MB = 200
 
 
-def peak_rss_growth_mb(call) -> float:
-    """Run `call` (its exception propagates) and return the peak growth of this process's RSS meanwhile, in MiB."""
-    process, peak, done = psutil.Process(), [0], threading.Event()
-    start = process.memory_info().rss
+def peak_rss_growth_mb(call, process: psutil.Process | None = None) -> float:
+    """Run `call` (its exception propagates) and return the peak growth of `process`'s RSS (default: this one)
+    meanwhile, in MiB."""
+    process = process or psutil.Process()
+    peak, done, start = [0], threading.Event(), process.memory_info().rss
 
     def sample() -> None:
         while not done.is_set():
@@ -265,8 +270,6 @@ def test_yaml_base_with_code_in_activation_runs_nothing(tmp_path, monkeypatch):
 
 
 def test_app_refuses_crafted_heads_and_keeps_serving(offline_app, tmp_path, base_weights, bus_jpg):
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
 
     marker = tmp_path / "pwned"
     crafted = make_crafted_branch_head(tmp_path / "crafted.safetensors", marker=marker)
@@ -274,11 +277,8 @@ def test_app_refuses_crafted_heads_and_keeps_serving(offline_app, tmp_path, base
     client, base = Client(offline_app.url, verbose=False), str(base_weights)
     server = psutil.Process(offline_app.process.pid)
     for upload, reason in ((crafted, "'DetectionModel', which is not a model layer"), (bomb, "max_head_mb")):
-        growth = peak_rss_growth_of(
-            server, lambda u=upload: client.predict(base, handle_file(u), "", api_name="/load_head")
-        )
-        assert isinstance(growth[1], AppError) and reason in str(growth[1]), growth[1]
-        assert growth[0] < MAX_GROWTH_MB
+        attempt = functools.partial(upload_is_refused, client, base, upload, reason)
+        assert peak_rss_growth_mb(attempt, server) < MAX_GROWTH_MB
     assert not marker.exists() and offline_app.process.poll() is None
     listing = client.predict(base, handle_file(SHIPPED_NECK), "", api_name="/load_head")  # a real head still loads
     assert "license_plate_neck" in str(listing)
@@ -286,23 +286,6 @@ def test_app_refuses_crafted_heads_and_keeps_serving(offline_app, tmp_path, base
     assert result[5]["base_count"] >= 1
 
 
-def peak_rss_growth_of(process: psutil.Process, call) -> tuple[float, Exception | None]:
-    """(peak RSS growth of another process while `call` runs, in MiB; the exception `call` raised, if any)."""
-    peak, done, start = [0], threading.Event(), process.memory_info().rss
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss - start)
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        call()
-        error = None
-    except Exception as e:  # the app's refusal arrives as gradio_client's AppError
-        error = e
-    finally:
-        done.set()
-        sampler.join()
-    return peak[0] / 2**20, error
+def upload_is_refused(client: Client, base: str, path: Path, reason: str) -> None:
+    with pytest.raises(AppError, match=re.escape(reason)):
+        client.predict(base, handle_file(path), "", api_name="/load_head")

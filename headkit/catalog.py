@@ -8,8 +8,9 @@ what an app's visitors type: `hf://` keys are fetched anonymously (never with th
 
 from __future__ import annotations
 
-import functools
+import collections
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,15 +81,42 @@ def refuse_pickle(name: str) -> None:
         )
 
 
-@functools.lru_cache(maxsize=64)
-def _read(path: str, size: int, mtime_ns: int, limits: Limits | None) -> Head:
-    """Heads are read once per file version; a head replaced in place (new size or mtime) is read again."""
-    return load_head(path, limits=limits)
+CACHE_MB = 512  # heads kept in memory, by file size: a count alone would let 64 heads of max_head_mb pile up
+
+
+class _HeadCache:
+    """Heads read once per file version (a head replaced in place, with a new size or mtime, is read again), the
+    least recently used dropped first once their files add up to more than `budget_mb`."""
+
+    def __init__(self, budget_mb: float) -> None:
+        self.budget = budget_mb * 2**20
+        self._heads: collections.OrderedDict[tuple, tuple[Head, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, limits: Limits | None) -> Head:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns, limits)
+        with self._lock:
+            if key in self._heads:
+                self._heads.move_to_end(key)
+                return self._heads[key][0]
+        head = load_head(path, limits=limits)
+        with self._lock:
+            self._heads[key] = (head, stat.st_size)
+            while sum(size for _, size in self._heads.values()) > self.budget:
+                self._heads.popitem(last=False)
+        return head
+
+    def clear(self) -> None:
+        with self._lock:
+            self._heads.clear()
+
+
+_CACHE = _HeadCache(CACHE_MB)
 
 
 def _load_file(path: Path, limits: Limits | None = None) -> Head:
-    stat = path.stat()
-    return _read(str(path), stat.st_size, stat.st_mtime_ns, limits)
+    return _CACHE.get(path, limits)
 
 
 def load_head_key(

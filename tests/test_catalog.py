@@ -76,3 +76,17 @@ def test_heads_from_the_hub(base, plate_head, jobs, tmp_path, monkeypatch):
     assert key == "session/plates"
     with pytest.raises(ValueError, match="heads on the Hub are .safetensors"):
         load_head_key("hf://someone/plates/README.md")
+
+
+def test_heads_kept_in_memory_stay_within_their_byte_budget(plate_head, tmp_path):
+    """Many distinct head files (each up to max_head_mb) must not pile up in memory: the cache is bounded by bytes."""
+    from headkit.catalog import _HeadCache
+
+    paths = [plate_head.save(tmp_path / f"h{i}.safetensors") for i in range(3)]
+    cache = _HeadCache(budget_mb=2.5 * paths[0].stat().st_size / 2**20)  # room for two of them
+    first = cache.get(paths[0], None)
+    assert cache.get(paths[0], None) is first  # read once per file version
+    for path in paths[1:]:
+        cache.get(path, None)
+    assert len(cache._heads) == 2 and cache.get(paths[0], None) is not first  # the oldest was dropped, read again
+    assert cache.get(paths[0], None).names == plate_head.names

@@ -150,3 +150,17 @@ def make_video(path: Path, pictures: list[Path], *, repeat: int = 2, fps: int = 
         writer.write(frame)
     writer.release()
     return path
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    """A gradio_client Client of the test module's `app` server (each app test module names its own `app`)."""
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def base_name(base_weights) -> str:
+    """The base as the app tests name it: the path of the shared checkpoint (its server's HEADKIT_BASE)."""
+    return str(base_weights)

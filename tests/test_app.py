@@ -49,16 +49,6 @@ def app(tmp_path_factory, base_weights, hub):
 
 
 @pytest.fixture(scope="module")
-def base_name(base_weights) -> str:
-    return str(base_weights)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
 def plates_zip(tmp_path_factory, plates_dir) -> Path:
     root = tmp_path_factory.mktemp("zips")
     copy_tiny_plates(plates_dir, root / "tiny_plates")

@@ -25,16 +25,6 @@ def app(tmp_path_factory, base_weights):
         yield server
 
 
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def base_name(base_weights) -> str:
-    return str(base_weights)
-
-
 def still_serving(client, base_name, bus_jpg) -> None:
     line = client.predict(base_name, handle_file(bus_jpg), ["license_plate"], 0.25, 0.7, 640, api_name="/compare")[4]
     assert line.split("  \n")[0] == BUS_LINE

@@ -10,7 +10,7 @@ import httpx
 import psutil
 import pytest
 from app_server import AppServer
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from video_files import panned_clip, resolution_bomb
@@ -19,16 +19,6 @@ from video_files import panned_clip, resolution_bomb
 @pytest.fixture(scope="module")
 def app(offline_app: AppServer) -> AppServer:
     return offline_app  # the suite's shared offline server: one start for every test that needs the plain app
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def base_name(base_weights) -> str:
-    return str(base_weights)
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_trick_head_is_a_detect_head_marked_as_such(trick_run, base, tiny_head):
     assert {k: v.shape for k, v in head.tensors.items()} == {k: v.shape for k, v in tiny_head.tensors.items()}
     assert set(result.metrics) == {"license_plate", "all"}
     assert set(result.metrics["all"]) == {"P", "R", "mAP50", "mAP50-95"}
-    assert [e.kind for e in events].count("epoch") == 1
+    assert [e.stage for e in events].count("epoch") == 1
 
 
 def test_trick_run_used_the_seed_loss_gains(trick_run, base):

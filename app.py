@@ -68,6 +68,13 @@ METRIC_KEYS = {
     "metrics/precision(B)": "P",
     "metrics/recall(B)": "R",
 }
+METRIC_LEGEND = {  # metric -> (colour, its name in the plot's label)
+    "mAP50": ("#1f77b4", "blue"),
+    "mAP50-95": ("#ff7f0e", "orange"),
+    "P": ("#2ca02c", "green (precision)"),
+    "R": ("#d62728", "red (recall)"),
+}
+METRIC_COLOURS = {name: colour for name, (colour, _) in METRIC_LEGEND.items()}
 DETECTION_COLUMNS = ["model", "origin", "name", "class_id", "confidence", "xyxy"]
 INTRO = """# headkit — teach YOLO new classes without touching old weights
 A new class gets its own Detect head, trained on the base's frozen trunk and merged beside the base head: every base
@@ -883,9 +890,11 @@ def build_demo() -> gr.Blocks:
                 x="epoch",
                 y="value",
                 color="metric",
-                color_title="metric",
-                label="Validation metrics per epoch",
-                height=400,  # room for the legend under the axis (it was cut off at 260)
+                # Gradio cuts the plot's own legend off under the axis, so the colours are fixed and named in the label
+                color_map=METRIC_COLOURS,
+                label="Validation metrics per epoch: "
+                + " · ".join(f"{name} {colour_name}" for name, (_, colour_name) in METRIC_LEGEND.items()),
+                height=300,
             )
             with gr.Row():
                 head_out = gr.File(label="Trained head (.safetensors)", elem_id="head-out")

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from .headfile import check_names
+from .headfile import check_names, indexed_names
 from .limits import Limits
 from .settings import current_limits, restore_hint
 from .trunk import detection_model, fingerprint
@@ -156,7 +156,7 @@ def _metadata(raw: dict[str, str], path: Path, limits: Limits) -> dict[str, Any]
     if meta["format"] != FORMAT:
         raise ValueError(f"{path.name}: format {meta['format']!r}, expected {FORMAT!r}")
     names, args, stride = meta["names"], meta["args"], meta["stride"]
-    if not isinstance(names, dict) or set(names) != {str(i) for i in range(len(names))}:
+    if not indexed_names(names):  # a base without classes is refused too: it could carry no head
         raise ValueError(f"{path.name}: 'names' should map class ids 0..n-1 to names")
     check_names(names, path.name, limits)
     if not isinstance(args, dict) or any(k not in ARGS or not isinstance(v, ARGS[k]) for k, v in args.items()):

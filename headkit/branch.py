@@ -78,7 +78,8 @@ def rows_of(arch: Mapping[str, Any]) -> list:
     return json.loads(json.dumps([*arch["backbone"], *arch["head"]], default=str))
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON's true would pass isinstance(..., int))."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -93,12 +94,12 @@ def _row_problem(row: Any, count: int) -> str | None:
     if not (isinstance(row, list) and len(row) == 4):
         return "is not [from, repeats, module, args]"
     source, repeats, name, args = row
-    sources = [source] if _is_int(source) else source
+    sources = [source] if is_int(source) else source
     if not (
-        isinstance(sources, list) and 0 < len(sources) <= 8 and all(_is_int(s) and -count < s < count for s in sources)
+        isinstance(sources, list) and 0 < len(sources) <= 8 and all(is_int(s) and -count < s < count for s in sources)
     ):
         return f"reads from {str(source)[:40]}, not earlier layers"
-    if not (_is_int(repeats) and 1 <= repeats <= 64):
+    if not (is_int(repeats) and 1 <= repeats <= 64):
         return f"repeats {str(repeats)[:20]} times, not 1..64"
     if not (isinstance(name, str) and len(name) <= _MAX_TEXT and _NAME.fullmatch(name) and _is_layer_name(name)):
         return f"names '{str(name)[:40]}', which is not a model layer"
@@ -150,17 +151,17 @@ def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
     rows = check_rows(branch["architecture"], where)
     count = len(rows)
     start, inputs, detect_from = branch["start"], branch["inputs"], branch["detect_from"]
-    if not _is_int(start) or not 1 <= start < count - 1:
+    if not is_int(start) or not 1 <= start < count - 1:
         raise ValueError(
             f"{where}: branch start {str(start)[:20]} is not a layer between 1 and {count - 2}; save it again"
         )
-    ints = isinstance(inputs, list) and len(inputs) <= start and all(_is_int(i) and 0 <= i < start for i in inputs)
+    ints = isinstance(inputs, list) and len(inputs) <= start and all(is_int(i) and 0 <= i < start for i in inputs)
     if not ints or inputs != sorted(set(inputs)):
         raise ValueError(
             f"{where}: branch inputs {str(inputs)[:60]} should be shared layers before {start}; save it again"
         )
     reads = isinstance(detect_from, list) and 0 < len(detect_from) <= 8
-    if not reads or not all(_is_int(j) and 0 <= j < count - 1 and (j >= start or j in inputs) for j in detect_from):
+    if not reads or not all(is_int(j) and 0 <= j < count - 1 and (j >= start or j in inputs) for j in detect_from):
         raise ValueError(f"{where}: branch detect_from {str(detect_from)[:60]} should be layers it owns or reads")
     if detect_from != rows[-1][0]:
         raise ValueError(f"{where}: branch detect_from {detect_from} differs from its Detect row's; save it again")
@@ -174,9 +175,10 @@ def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
             )
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any, limit: int = 100) -> str:
+    """A value from a file as a refusal quotes it: JSON, cut to `limit` characters."""
     text = json.dumps(value, default=str)
-    return text if len(text) <= 100 else text[:99] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_rows_match(arch: Any, base, where: str) -> None:
@@ -191,8 +193,8 @@ def check_rows_match(arch: Any, base, where: str) -> None:
         base_row = theirs[number] if number < len(theirs) else None
         if mine != base_row:
             raise ValueError(
-                f"{where}: built for another architecture than this base's — its row {number} is {_shown(mine)}, the "
-                f"base's is {_shown(base_row)}; load the base it was trained on or train the head on this base"
+                f"{where}: built for another architecture than this base's — its row {number} is {shown(mine)}, the "
+                f"base's is {shown(base_row)}; load the base it was trained on or train the head on this base"
             )
 
 

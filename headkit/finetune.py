@@ -22,7 +22,7 @@ from ultralytics import YOLO
 
 from .base import clone_model, ensure_detect_base
 from .branch import check_rows_match, check_shapes
-from .headfile import check_names, describe_detect, new_detect, read_header
+from .headfile import check_names, describe_detect, indexed_names, new_detect, read_header
 from .limits import Limits
 from .progress import TrainProgress, train_reporting
 from .runfiles import RunFiles
@@ -113,7 +113,7 @@ def load_finetuned(path: str | Path, base, *, limits: Limits | None = None) -> Y
         recorded = json.loads(raw["yaml"]) if "yaml" in raw else None
     except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{where}: metadata is not headkit's JSON ({e}); train the fine-tune again") from e
-    if not isinstance(names, dict) or not names or set(names) != {str(i) for i in range(len(names))}:
+    if not indexed_names(names):
         raise ValueError(f"{where}: metadata 'names' should map class ids 0..n-1 to names; train the fine-tune again")
     check_names(names, where, limits)
     if recorded is not None:

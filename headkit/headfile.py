@@ -32,6 +32,8 @@ from .branch import (
     check_branch_fits_base,
     check_shapes,
     copy_layers,
+    is_int,
+    shown,
 )
 from .kinds import HeadKind, branch_inputs
 from .limits import Limits
@@ -316,17 +318,13 @@ def check_names(names: dict, where: str, limits: Limits) -> None:
             raise ValueError(f"{where}: class {key}'s name {text[:40]!r} holds control characters; rename the class")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _shown(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:59] + "…"
+def indexed_names(names: Any) -> bool:
+    """True for a non-empty class table keyed "0".."n-1", as every headkit file writes its names."""
+    return isinstance(names, dict) and bool(names) and set(names) == {str(i) for i in range(len(names))}
 
 
 def check_layout(metadata: dict[str, Any], where: str) -> None:
@@ -336,32 +334,32 @@ def check_layout(metadata: dict[str, Any], where: str) -> None:
         ValueError: names not keyed 0..n-1, channels/strides/reg_max out of bounds, or legacy/end2end not booleans.
     """
     names = metadata.get("names")
-    if not isinstance(names, dict) or not names or set(names) != {str(i) for i in range(len(names))}:
+    if not indexed_names(names):
         raise ValueError(f"{where}: metadata 'names' should map class ids 0..n-1 to names; save the head again")
     channels, strides, reg_max = metadata.get("channels"), metadata.get("strides"), metadata.get("reg_max")
     levels = isinstance(channels, list) and 1 <= len(channels) <= MAX_LEVELS
-    if not levels or not all(_is_int(c) and 1 <= c <= MAX_CHANNELS for c in channels):
+    if not levels or not all(is_int(c) and 1 <= c <= MAX_CHANNELS for c in channels):
         raise ValueError(
-            f"{where}: metadata 'channels' {_shown(channels)} should list 1..{MAX_LEVELS} feature-map widths of "
+            f"{where}: metadata 'channels' {shown(channels, 60)} should list 1..{MAX_LEVELS} feature-map widths of "
             f"1..{MAX_CHANNELS}; this is not a head headkit made — save it again with headkit"
         )
-    if not _is_int(reg_max) or not 1 <= reg_max <= MAX_REG_MAX:
-        raise ValueError(f"{where}: metadata 'reg_max' {_shown(reg_max)} should be an integer in 1..{MAX_REG_MAX}")
+    if not is_int(reg_max) or not 1 <= reg_max <= MAX_REG_MAX:
+        raise ValueError(f"{where}: metadata 'reg_max' {shown(reg_max, 60)} should be an integer in 1..{MAX_REG_MAX}")
     if not (isinstance(strides, list) and len(strides) == len(channels)) or not all(
         _is_number(v) and 0 < v <= MAX_STRIDE for v in strides
     ):
         raise ValueError(
-            f"{where}: metadata 'strides' {_shown(strides)} should be {len(channels)} numbers in (0, {MAX_STRIDE}], one "
+            f"{where}: metadata 'strides' {shown(strides, 60)} should be {len(channels)} numbers in (0, {MAX_STRIDE}], one "
             "per feature map"
         )
     for key in ("legacy", "end2end"):
         if not isinstance(metadata.get(key, key == "end2end" or None), bool):
-            raise ValueError(f"{where}: metadata '{key}' should be true or false, got {_shown(metadata.get(key))}")
+            raise ValueError(f"{where}: metadata '{key}' should be true or false, got {shown(metadata.get(key), 60)}")
     activation = metadata.get("activation") or DEFAULT_ACTIVATION
     numbers = isinstance(activation, dict) and all(_is_number(v) for k, v in activation.items() if k != "type")
     if not numbers or activation.get("type") not in _ACTIVATIONS:
         raise ValueError(
-            f"{where}: metadata 'activation' {_shown(activation)} is not an activation headkit builds; expected a "
+            f"{where}: metadata 'activation' {shown(activation, 60)} is not an activation headkit builds; expected a "
             f"type among {', '.join(_ACTIVATIONS)}"
         )
 

@@ -1,7 +1,8 @@
 """Memory per finished training run: RSS after each of N small runs (head + comparison fine-tune), as the app runs them.
 
-Each run goes the app's way: `headkit.runs.Runs` (kept for reconnecting pages), `Job.train` then `Job.finetune`, the
-results saved into the job and replaced by records (`headkit.runs.saved`). After every run: gc.collect(), then this
+Each run goes the app's way: a `headkit.runs.TrainingRequest` started by `headkit.runs.Runs` (kept for reconnecting
+pages) doing `headkit.runs.perform`: the head then the comparison fine-tune, each saved into the job and kept as a
+small record. After every run: gc.collect(), then this
 process's resident memory. Target: RSS after the last run within `--max-drift` percent of RSS after the first (the
 first run pays for Ultralytics' one-time imports and caches). Exits 1 when the target is missed.
 
@@ -23,8 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import headkit  # noqa: E402
-from headkit.runs import Runs, saved  # noqa: E402
-from headkit.train import default_device  # noqa: E402
+from headkit.runs import Runs, TrainingRequest, perform  # noqa: E402
 
 PLATES = REPO.parent / "shared" / "datasets" / "license_plates"
 BASE = REPO.parent / "shared" / "weights" / "yolov8s-fall.pt"
@@ -41,38 +41,27 @@ def tiny_dataset(out: Path, images: int) -> Path:
     return out / "data.yaml"
 
 
-def run_memory(
-    *, runs: int = 10, imgsz: int = 64, images: int = 4, epochs: int = 1, base=None, records: bool = True
-) -> dict:
+def run_memory(*, runs: int = 10, imgsz: int = 64, images: int = 4, epochs: int = 1, base=None) -> dict:
     """Train `runs` heads, each with the comparison fine-tune, through one `Runs`; RSS (MiB) after each.
-
-    `records=False` keeps the results themselves in the runs (head tensors, the fine-tuned model), as the app did
-    before runs kept records only: the comparison.
 
     Returns:
         {"rss_mb": [after run 1, after run 2, ...], "drift_percent": (last - first) / first x 100, "kept": runs kept}
     """
     base = base if base is not None else headkit.load_model(BASE)
     process, line, rss = psutil.Process(), Runs(slots=1), []
-    options = dict(epochs=epochs, imgsz=imgsz, batch=images, workers=0, device=default_device())
     with tempfile.TemporaryDirectory() as folder:
         data = tiny_dataset(Path(folder) / "data", images)
         for n in range(runs):
-            job = headkit.Job(Path(folder) / f"job-{n}")
-
-            def work(stop, job=job):
-                def head_then_finetune():  # as the app's train_on_device: one stream, results as they come
-                    yield from job.train(base, data, stop=stop, **options)
-                    yield from job.finetune(base, data, stop=stop, **options)
-
-                return (
-                    saved(job, "plates", head_then_finetune(), finetune_next=True) if records else head_then_finetune()
-                )
-
-            run = line.start(job.path, work)
+            job = headkit.server.Job(Path(folder) / f"job-{n}")
+            request = TrainingRequest(
+                base=str(BASE), data=str(data), job_dir=str(job.path), name="plates", epochs=epochs, imgsz=imgsz,
+                batch=images, finetune=True, options=(("workers", 0),),
+            )  # fmt: skip
+            run = line.start(job.path, request, lambda req, stop, report: perform(req, base, stop, report))
             for _ in run.follow():
                 pass
-            run.raise_error()
+            if run.state != "finished":
+                raise RuntimeError(f"run {n + 1} ended {run.state}: {run.outcome}")
             gc.collect()
             rss.append(process.memory_info().rss / 2**20)
             print(f"run {n + 1}: RSS {rss[-1]:.0f} MiB", flush=True)
@@ -87,9 +76,8 @@ def main() -> int:
     cli.add_argument("--imgsz", type=int, default=64)
     cli.add_argument("--images", type=int, default=4)
     cli.add_argument("--max-drift", type=float, default=10.0, help="percent")
-    cli.add_argument("--keep-results", action="store_true", help="keep the models in the runs (the old way)")
     args = cli.parse_args()
-    result = run_memory(runs=args.runs, imgsz=args.imgsz, images=args.images, records=not args.keep_results)
+    result = run_memory(runs=args.runs, imgsz=args.imgsz, images=args.images)
     return 0 if result["drift_percent"] < args.max_drift else 1
 
 

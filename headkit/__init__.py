@@ -1,40 +1,39 @@
-"""headkit: teach a pretrained Ultralytics YOLO detector new classes without touching a single old weight."""
+"""headkit: teach a pretrained Ultralytics YOLO detector new classes without touching a single old weight.
+
+The library's verbs and types are here; what a server is built from (session folders, the head catalog, training
+runs in line, settings) is in `headkit.server`.
+"""
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING
 
 from .archive import ArchiveError
-from .budget import TrainingEstimate, estimate_training, seconds_per_image, zero_gpu_duration
-from .catalog import HeadEntry, add_head, list_heads, load_head_key, refuse_pickle
-from .compare import Comparer, Comparison, Detection, compare, label_previews
+from .comparing import Comparer, Comparison, Detection, compare
 from .concat import ConcatHead
 from .datasets import DatasetSummary, load_dataset
 from .export import ExportedModel, export_merged
 from .headfile import Head, extract_head, load_head
-from .hub import push_head, render_model_card
+from .hub import push_head
 from .kinds import BRANCH_CHOICES, HeadKind
 from .labels import DatasetError
 from .limits import LimitExceeded, Limits
-from .merge import merge
-from .settings import Settings
+from .merging import merge
 from .sources import UntrustedSourceError
 from .trunk import fingerprint
 from .video import VideoResult, annotate_video
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobRoot
     from .keypoints import ConversionSummary, convert_to_keypoints, pose_to_detect
     from .model import load_model
     from .progress import TrainingCancelled, TrainProgress
     from .train import TrainResult, train_head
 
 # Names whose modules construct Ultralytics models (and so load its engine and trainer) are imported on first use,
-# so `import headkit.hub` or `headkit.catalog` stays light; each module here is named after none of its names.
+# so `import headkit.hub` or `headkit.catalog` stays light.
 _ON_FIRST_USE = {
-    "Job": "jobs",
-    "JobRoot": "jobs",
     "ConversionSummary": "keypoints",
     "convert_to_keypoints": "keypoints",
     "pose_to_detect": "keypoints",
@@ -44,9 +43,19 @@ _ON_FIRST_USE = {
     "TrainResult": "train",
     "train_head": "train",
 }
+# Server plumbing that was once exported here: still found (with a DeprecationWarning), now in `headkit.server`.
+_MOVED_TO_SERVER = {
+    "Job", "JobRoot", "HeadEntry", "Settings", "add_head", "list_heads", "load_head_key", "refuse_pickle",
+    "label_previews", "estimate_training", "seconds_per_image", "zero_gpu_duration", "TrainingEstimate",
+}  # fmt: skip
 
 
 def __getattr__(name: str):
+    if name in _MOVED_TO_SERVER:
+        warnings.warn(f"headkit.{name} moved to headkit.server.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(".server", __name__), name)
+    if name == "server":  # loads the training stack: not at `import headkit`
+        return importlib.import_module(".server", __name__)
     if name not in _ON_FIRST_USE:
         raise AttributeError(f"module 'headkit' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_ON_FIRST_USE[name]}", __name__), name)
@@ -61,50 +70,36 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchiveError",
-    "DatasetError",
     "BRANCH_CHOICES",
+    "ArchiveError",
     "Comparer",
     "Comparison",
     "ConcatHead",
     "ConversionSummary",
+    "DatasetError",
     "DatasetSummary",
     "Detection",
     "ExportedModel",
     "Head",
-    "HeadEntry",
     "HeadKind",
-    "Job",
-    "JobRoot",
     "LimitExceeded",
     "Limits",
-    "Settings",
     "TrainProgress",
     "TrainResult",
     "TrainingCancelled",
-    "TrainingEstimate",
     "UntrustedSourceError",
     "VideoResult",
-    "add_head",
     "annotate_video",
     "compare",
     "convert_to_keypoints",
-    "estimate_training",
     "export_merged",
     "extract_head",
     "fingerprint",
-    "label_previews",
-    "list_heads",
     "load_dataset",
     "load_head",
-    "load_head_key",
     "load_model",
     "merge",
     "pose_to_detect",
     "push_head",
-    "refuse_pickle",
-    "render_model_card",
-    "seconds_per_image",
     "train_head",
-    "zero_gpu_duration",
 ]

@@ -93,16 +93,16 @@ def _extract(
             name = _safe_name(archive.name, info.filename)
             if name is None:
                 continue
-            kind = stat.S_IFMT(info.external_attr >> 16)
-            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                what = "symlink" if kind == stat.S_IFLNK else "special file"
+            file_type = stat.S_IFMT(info.external_attr >> 16)
+            if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+                what = "symlink" if file_type == stat.S_IFLNK else "special file"
                 warnings.append(f"{archive.name}: ignored {what} '{info.filename}' (links are never extracted)")
                 logger.warning(warnings[-1])
                 continue
             target = dest / name
             if not target.resolve().is_relative_to(dest):
                 raise ArchiveError(f"{archive.name}: entry '{info.filename}' resolves outside the extraction folder")
-            if info.is_dir() or kind == stat.S_IFDIR:
+            if info.is_dir() or file_type == stat.S_IFDIR:
                 if keep is None:
                     target.mkdir(parents=True, exist_ok=True)
                 continue  # with `keep`, only the folders of kept files exist

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ultralytics.nn.modules.head import Detect
 
-from .trunk import detection_model
+from .trunk import FACTS_ATTRIBUTE, detection_model
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -29,7 +29,7 @@ def ensure_detect_base(model, *, role: str = "base") -> None:
         ValueError: the model is not a detection model, is already merged, is YOLOv10, or is end-to-end with its
             one-to-many branch fused away.
     """
-    inner = detection_model(model)
+    inner = detection_model(model)  # not `base_facts`: those are a detection model's, which this checks it is
     head = inner.model[-1]
     task = getattr(model, "task", None) or getattr(inner, "task", "detect")
     if type(head).__name__ == "ConcatHead":
@@ -54,13 +54,14 @@ def ensure_detect_base(model, *, role: str = "base") -> None:
 
 
 def clone_model(model: YOLO) -> YOLO:
-    """Deep copy of a YOLO wrapper (weights bit-exact) without its predictor, trainer or training checkpoint.
+    """Deep copy of a YOLO wrapper (weights bit-exact) without its predictor, trainer, training checkpoint or facts.
 
     The original is never touched, not even for a moment: other threads may be predicting with it. The copy's
-    predictor, trainer and checkpoint are swapped for empty ones through deepcopy's memo.
+    predictor, trainer and checkpoint are swapped for empty ones through deepcopy's memo, and its `BaseFacts` are
+    left behind: the copy is another object (often one about to be trained), which works out its own.
     """
     memo: dict[int, object] = {}
-    for attribute, empty in (("predictor", None), ("trainer", None), ("ckpt", {})):
+    for attribute, empty in (("predictor", None), ("trainer", None), ("ckpt", {}), (FACTS_ATTRIBUTE, None)):
         value = getattr(model, attribute, None)
         if value is not None:
             memo[id(value)] = empty

@@ -23,10 +23,10 @@ from safetensors.torch import save_file
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from .headfile import check_names, indexed_names
+from .headfile import check_names, compact, indexed_names
 from .limits import Limits
 from .settings import current_limits, restore_hint
-from .trunk import detection_model, fingerprint
+from .trunk import base_facts
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "headkit.base/1"
@@ -42,7 +42,7 @@ OPTIONAL = {"source", "ultralytics_version"}  # JSON keys inside the one metadat
 MAX_HEADER_BYTES = 1 << 20
 MAX_TENSORS = 2000
 MAX_BASE_MB = 512
-DTYPES = {"F16": 2, "F32": 4, "I64": 8}
+DTYPES = ("F16", "F32", "I64")
 
 
 def family_yaml(family: str) -> Path:
@@ -62,7 +62,7 @@ def architecture(family: str, scale: str, nc: int) -> dict[str, Any]:
 
 def identify(model) -> tuple[str, str]:
     """(family, scale) whose package YAML has exactly this model's layer rows and multiples; refused otherwise."""
-    yaml = getattr(detection_model(model), "yaml", None) or {}
+    yaml = getattr(base_facts(model).inner, "yaml", None) or {}
     rows = (yaml.get("backbone"), yaml.get("head"))
     for family in FAMILIES:
         cfg = yaml_model_load(family_yaml(family))
@@ -77,40 +77,34 @@ def identify(model) -> tuple[str, str]:
     )
 
 
-def _compact(tensor: torch.Tensor) -> torch.Tensor:
-    """fp16 when exact (Ultralytics checkpoints hold fp16 values): half the file, the same numbers."""
-    if tensor.is_floating_point() and torch.equal(tensor.half().to(tensor.dtype), tensor):
-        return tensor.half().contiguous()
-    return tensor.contiguous()
-
-
 def save_base(model, path: str | Path, *, source_file: str | Path | None = None) -> Path:
     """Write a detection model as an embedded base; it is read back and checked bit for bit before this returns.
 
     Args:
         source_file: the checkpoint it came from, whose name and sha256 are recorded for provenance.
     """
-    inner = detection_model(model)
+    facts = base_facts(model)
+    inner = facts.inner
     family, scale = identify(model)
     args = getattr(inner, "args", None) or {}
     metadata = {
         "format": FORMAT,
         "family": family,
         "scale": scale,
-        "names": {str(k): str(v) for k, v in inner.names.items()},
-        "stride": [float(s) for s in inner.stride],
+        "names": {str(k): v for k, v in facts.names.items()},
+        "stride": list(facts.strides),
         "args": {key: args[key] for key in ARGS if key in args},
-        "fingerprint": fingerprint(model),
+        "fingerprint": facts.fingerprint,
         "source_sha256": hashlib.sha256(Path(source_file).read_bytes()).hexdigest() if source_file else "",
         "source": Path(source_file).name if source_file else "",
         "ultralytics_version": ultralytics.__version__,
     }
-    tensors = {key: _compact(value.detach().cpu()) for key, value in inner.state_dict().items()}
+    tensors = {key: compact(value.detach().cpu()) for key, value in inner.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # one metadata entry: safetensors writes several in no fixed order, and the same model must give the same bytes
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
-    reloaded = detection_model(load_base(path)).state_dict()
+    reloaded = base_facts(load_base(path)).inner.state_dict()
     if any(not torch.equal(reloaded[k].cpu(), v.cpu()) for k, v in inner.state_dict().items()):
         path.unlink()
         raise ValueError(f"{path}: the saved base does not reload bit for bit; nothing was written")
@@ -132,7 +126,7 @@ def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[list[int], str]
         if len(keys) > MAX_TENSORS:
             raise ValueError(f"{path.name}: {len(keys)} tensors, over the {MAX_TENSORS} a base may have")
         table = {key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype()) for key in keys}
-    odd = sorted({dtype for _, dtype in table.values()} - DTYPES.keys())
+    odd = sorted({dtype for _, dtype in table.values()} - set(DTYPES))
     if odd:
         raise ValueError(f"{path.name}: tensors of type {odd}; a base holds only {', '.join(DTYPES)}")
     return raw, table
@@ -225,7 +219,7 @@ def load_base(path: str | Path, *, limits: Limits | None = None) -> YOLO:
         model = _wrap(_rebuild(meta, tensors, path), meta, path)
     except ValueError as e:
         raise ValueError(f"{e}; {restore_hint(path)}") from e
-    found = fingerprint(model)
+    found = base_facts(model).fingerprint  # worked out once here; the model keeps it with its other facts
     if found != meta["fingerprint"]:
         raise ValueError(
             f"{path}: its trunk fingerprint is {found[:12]}…, but the file records {str(meta['fingerprint'])[:12]}…: "

@@ -20,7 +20,8 @@ from torch import nn
 from ultralytics.nn.modules.head import Detect
 
 from .kinds import branch_inputs
-from .trunk import detection_model, head_index
+from .labels import clip, is_int
+from .trunk import base_facts, layer_state
 
 BRANCH_PREFIX = "branch."  # tensor keys of the branch layers: branch.<layer>.<name>
 # The architecture keys a head file may carry (as `architecture` writes them); anything else is refused.
@@ -67,7 +68,7 @@ class Branch(nn.Module):
 
 def architecture(base) -> dict[str, Any]:
     """The base's architecture dict (its YAML rows), as a head file records it."""
-    yaml = getattr(detection_model(base), "yaml", None)
+    yaml = getattr(base_facts(base).inner, "yaml", None)
     if not isinstance(yaml, dict) or "backbone" not in yaml or "head" not in yaml:
         raise ValueError("the base records no architecture (YAML rows); load it from an Ultralytics .pt or .yaml")
     return {key: copy.deepcopy(value) for key, value in yaml.items() if key in _ARCHITECTURE_KEYS}
@@ -76,11 +77,6 @@ def architecture(base) -> dict[str, Any]:
 def rows_of(arch: Mapping[str, Any]) -> list:
     """An architecture's rows (backbone, then head) as plain JSON data, for comparison only."""
     return json.loads(json.dumps([*arch["backbone"], *arch["head"]], default=str))
-
-
-def is_int(value: Any) -> bool:
-    """An int that is not a bool (JSON's true would pass isinstance(..., int))."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_layer_name(name: str) -> bool:
@@ -177,8 +173,7 @@ def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
 
 def shown(value: Any, limit: int = 100) -> str:
     """A value from a file as a refusal quotes it: JSON, cut to `limit` characters."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(json.dumps(value, default=str), limit)
 
 
 def check_rows_match(arch: Any, base, where: str) -> None:
@@ -211,8 +206,9 @@ def check_branch_fits_base(branch: Any, shapes: Mapping[str, Sequence[int]], bas
     """
     check_branch_data(branch, list(shapes), where)
     check_rows_match(branch["architecture"], base, where)
-    start, end = branch["start"], head_index(base)
-    wanted = {"inputs": branch_inputs(base, start), "detect_from": list(detection_model(base).model[-1].f)}
+    facts = base_facts(base)
+    start, end = branch["start"], facts.head_index
+    wanted = {"inputs": branch_inputs(base, start), "detect_from": list(facts.detect_from)}
     for name, value in wanted.items():
         if branch[name] != value:
             raise ValueError(f"{where}: branch {name} {branch[name]} differ from this base's {value}; save it again")
@@ -242,19 +238,10 @@ def check_shapes(expected: Mapping[str, tuple], given: Mapping[str, tuple], wher
             )
 
 
-def layer_state(model, start: int, end: int | None = None) -> dict[str, torch.Tensor]:
-    """State of layers `start`..end-1 (default: up to the head) of a model, keyed `<layer>.<name>`."""
-    end = head_index(model) if end is None else end
-    return {
-        key: value
-        for key, value in detection_model(model).model.state_dict().items()
-        if start <= int(key.split(".", 1)[0]) < end
-    }
-
-
 def copy_layers(base, start: int, tensors: Mapping[str, torch.Tensor]) -> list[nn.Module]:
     """Deep copies of the base's layers `start`..head-1 holding `tensors` (keyed `<layer>.<name>`, loaded strictly)."""
-    layers = [copy.deepcopy(layer) for layer in detection_model(base).model[start : head_index(base)]]
+    facts = base_facts(base)
+    layers = [copy.deepcopy(layer) for layer in facts.layers[start : facts.head_index]]
     state = {f"{int(key.split('.', 1)[0]) - start}.{key.split('.', 1)[1]}": value for key, value in tensors.items()}
     nn.ModuleList(layers).load_state_dict(state, strict=True)
     return layers

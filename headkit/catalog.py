@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 from .filenames import safe_name
 from .headfile import Head, load_head
 from .limits import Limits
-from .merge import check_head_fits
+from .merging import check_head_fits
 from .settings import current_limits
 from .sources import HF_SCHEME, PICKLE_SUFFIXES, parse_hub_url, resolve
-from .trunk import fingerprint
 
 if TYPE_CHECKING:
     from .jobs import Job  # a session's folder; importing it would load the training stack
@@ -187,7 +186,6 @@ def add_head(source: str | Path, job: Job, *, name: str | None = None) -> str:
 
 def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None = None) -> list[HeadEntry]:
     """Every shipped and session head, each marked available or not for `base` (with the reason)."""
-    base_fingerprint = fingerprint(base)
     found: list[tuple[str, str, Path]] = []
     if shipped_dir is not None and Path(shipped_dir).is_dir():
         found += [(p.stem, "shipped", p) for p in sorted(Path(shipped_dir).glob("*.safetensors"))]
@@ -201,7 +199,7 @@ def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None =
             entries.append(HeadEntry(key, origin, {}, reason=f"unreadable: {e}"))
             continue
         try:
-            check_head_fits(head, base, base_fingerprint=base_fingerprint)
+            check_head_fits(head, base)
             reason = None
         except ValueError as e:
             reason = str(e)
@@ -219,3 +217,18 @@ def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None =
             )
         )
     return entries
+
+
+# The shipped head a base's pickers open with: on the embedded demo base it finds the plate in the bundled example.
+OPENING_HEAD = "license_plate_neck"
+
+
+def shipped_names(shipped_dir: str | Path) -> list[str]:
+    """The shipped heads' keys (file names without .safetensors), sorted."""
+    return sorted(p.stem for p in Path(shipped_dir).glob("*.safetensors"))
+
+
+def opening_heads(shipped: list[str]) -> list[str]:
+    """What Compare shows first, of the shipped heads that fit the base: `OPENING_HEAD`, else the first one (one head:
+    two plate heads side by side would report the same class twice)."""
+    return [OPENING_HEAD] if OPENING_HEAD in shipped else shipped[:1]

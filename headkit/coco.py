@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
-from .labels import DatasetError, load_json
+from .labels import DatasetError, is_int, load_json
 from .layout import JSON_PARTS, SPLIT_NAMES, visible
 from .limits import Limits
 
@@ -109,16 +109,12 @@ def _split_of(path: Path) -> str:
     return next((split for prefix, split in SPLIT_NAMES.items() if stem.startswith(prefix)), "train")
 
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _ids(records: list, record_type: str, where: str) -> dict[int, dict]:
     """Records by their integer id; a missing, non-integer or repeated id is an error naming it."""
     by_id: dict[int, dict] = {}
     for n, record in enumerate(records):
         key = record.get("id") if isinstance(record, dict) else None
-        if not _is_id(key):
+        if not is_int(key):
             raise DatasetError(f"{where}: {record_type} #{n + 1} has no integer 'id' ({reprlib.repr(record)})")
         if key in by_id:
             raise DatasetError(f"{where}: {record_type} id {key} appears twice; every {record_type} needs its own id")
@@ -129,7 +125,7 @@ def _ids(records: list, record_type: str, where: str) -> dict[int, dict]:
 def read_categories(data: dict, where: str, limits: Limits) -> dict[int, str]:
     """Category id -> name, without the unused parent category some exporters add (Roboflow's supercategory row)."""
     categories = _ids(data["categories"], "category", where)
-    used = {a.get("category_id") for a in data["annotations"] if isinstance(a, dict) and _is_id(a.get("category_id"))}
+    used = {a.get("category_id") for a in data["annotations"] if isinstance(a, dict) and is_int(a.get("category_id"))}
     parents = {str(c.get("supercategory")) for c in categories.values()}
     kept = {
         i: c for i, c in categories.items() if i in used or str(c.get("name")) not in parents or len(categories) == 1
@@ -151,7 +147,7 @@ def read_categories(data: dict, where: str, limits: Limits) -> dict[int, str]:
 
 def _image_size(record: dict, image_id: int, where: str) -> tuple[int, int]:
     width, height = record.get("width"), record.get("height")
-    if not (_is_id(width) and _is_id(height) and width > 0 and height > 0):
+    if not (is_int(width) and is_int(height) and width > 0 and height > 0):
         raise DatasetError(
             f"{where}: image id {image_id} '{record.get('file_name')}' has no integer width and height "
             f"({width!r} x {height!r}); export the annotations again with image sizes"
@@ -193,9 +189,9 @@ def _box_lines(
     crowd = 0
     for annotation in data["annotations"]:
         key, image_id, category = annotation["id"], annotation.get("image_id"), annotation.get("category_id")
-        if not _is_id(image_id) or image_id not in images:
+        if not is_int(image_id) or image_id not in images:
             raise DatasetError(f"{where}: annotation id {key} refers to image id {image_id}, which is not in 'images'")
-        if not _is_id(category) or category not in categories:
+        if not is_int(category) or category not in categories:
             raise DatasetError(
                 f"{where}: annotation id {key} has category id {category}, which is not in 'categories' "
                 f"({', '.join(f'{i}: {n}' for i, n in categories.items())})"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .headfile import Head
 from .limits import Limits
-from .merge import ConcatHead, check_output_size, merge
+from .merging import ConcatHead, check_output_size, merge
 from .settings import current_limits
-from .trunk import detection_model
+from .trunk import base_facts
 
 LOGGER = logging.getLogger(__name__)
 FORMATS = ("pt", "torchscript", "onnx")
@@ -95,7 +95,8 @@ def export_merged(
     path = folder / f"{name}.pt"
     # The exporter names its files after the model's pt_path, which merge() copied from the base: point it here
     # so nothing is written beside the base (often a read-only cache).
-    detection_model(model).pt_path = str(path)
+    facts = base_facts(model)
+    facts.inner.pt_path = str(path)
     paths: dict[str, Path] = {}
     for fmt in chosen:
         if fmt == "pt":
@@ -107,7 +108,7 @@ def export_merged(
             if exported != target:
                 shutil.move(exported, target)
             paths[fmt] = target
-    concat = isinstance(detection_model(model).model[-1], ConcatHead)
+    concat = isinstance(facts.detect, ConcatHead)
     LOGGER.info("saved merged model (%s) to %s: %s", ", ".join(model.names.values()), folder, ", ".join(chosen))
     return ExportedModel(
         list(paths.values()), dict(model.names), paths, [paths["pt"]] if concat and "pt" in paths else []

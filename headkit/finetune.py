@@ -27,7 +27,7 @@ from .limits import Limits
 from .progress import TrainProgress, train_reporting
 from .runfiles import RunFiles
 from .settings import current_limits
-from .trunk import detection_model
+from .trunk import base_facts, detection_model
 
 FORMAT = "headkit.finetune/1"
 # Measured on the plates (benchmarks/head_vs_finetune.py, 10 epochs at 320 px, CPU): the full fine-tune took 704 s
@@ -104,7 +104,7 @@ def load_finetuned(path: str | Path, base, *, limits: Limits | None = None) -> Y
     path, limits = Path(path), limits or current_limits()
     where = path.name
     # a fine-tune is the whole base (fp16): allow the base's fp32 size on top of a head's
-    base_mb = sum(v.numel() * 4 for v in detection_model(base).state_dict().values()) / 2**20
+    base_mb = sum(v.numel() * 4 for v in base_facts(base).inner.state_dict().values()) / 2**20
     raw, shapes = read_header(path, replace(limits, max_head_mb=limits.max_head_mb + base_mb))
     if raw.get("format") != FORMAT:
         raise ValueError(f"{where}: not a fine-tuned model saved by headkit (format {str(raw.get('format'))[:40]!r})")
@@ -138,7 +138,7 @@ def _check_recorded(recorded: Any, base, where: str) -> None:
     if not isinstance(recorded, dict):
         raise ValueError(f"{where}: its recorded architecture is not a mapping; train the fine-tune again")
     check_rows_match({key: recorded.get(key) for key in ("backbone", "head")}, base, where)
-    ours = detection_model(base).yaml
+    ours = base_facts(base).inner.yaml
     for key, value in recorded.items():
         if key not in ("nc", "backbone", "head") and json.dumps(value, default=str) != json.dumps(
             ours.get(key), default=str
@@ -152,10 +152,10 @@ def _check_recorded(recorded: Any, base, where: str) -> None:
 def _base_with_classes(base, names: dict[int, str]) -> YOLO:
     """A copy of the base with a fresh Detect for `names` (same layout), as fine-tuning the base on them leaves it."""
     ensure_detect_base(base)
+    layout = describe_detect(base_facts(base))
     model = clone_model(base)
-    inner = detection_model(model)
+    inner = detection_model(model)  # the copy's own model, whose Detect is replaced below
     old = inner.model[-1]
-    layout = describe_detect(old)
     new = new_detect(
         len(names),
         layout["channels"],

@@ -32,14 +32,14 @@ from .branch import (
     check_branch_fits_base,
     check_shapes,
     copy_layers,
-    is_int,
     shown,
 )
-from .kinds import HeadKind, branch_inputs
+from .kinds import LEGACY_PTH, PLAIN, HeadKind, branch_inputs
+from .labels import clip, is_int
 from .limits import Limits
 from .settings import current_limits
 from .sources import resolve
-from .trunk import compare_trunks, detection_model, fingerprint, head_index
+from .trunk import BaseFacts, base_facts, compare_trunks
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "headkit.head/1"  # a Detect head alone
@@ -79,8 +79,16 @@ class Head:
 
     @property
     def label(self) -> str:
-        """How people name this head: its `label` metadata, else its class names."""
-        return self.metadata.get("label") or ", ".join(self.names.values())
+        """How people name this head: its `label` metadata, else its class names (read even before they are checked)."""
+        label, names = self.metadata.get("label"), self.metadata.get("names")
+        if isinstance(label, str) and label:
+            return label
+        return ", ".join(map(str, names.values())) if isinstance(names, dict) and names else "unnamed head"
+
+    @property
+    def where(self) -> str:
+        """How refusals name this head: `head '<label>'`, the label cut to 60 characters."""
+        return f"head '{clip(self.label, 60)}'"
 
     @property
     def base_fingerprint(self) -> str:
@@ -107,7 +115,7 @@ class Head:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
         os.close(fd)
         try:
-            tensors = {key: _compact(value.detach().cpu().contiguous()) for key, value in self.tensors.items()}
+            tensors = {key: compact(value.detach().cpu()) for key, value in self.tensors.items()}
             save_file(tensors, tmp, metadata=text)
             umask = os.umask(0)
             os.umask(umask)
@@ -119,7 +127,7 @@ class Head:
 
     def build(self, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Detect:
         """A ready Detect module (eval mode, no gradients) for this head; its layout is bounded before it is built."""
-        check_layout(self.metadata, _where(self))
+        check_layout(self.metadata, self.where)
         detect = new_detect(
             self.nc,
             self.channels,
@@ -143,24 +151,18 @@ class Head:
         """
         branch = self.metadata.get("branch")
         shapes = {key: tuple(value.shape) for key, value in self.tensors.items()}
-        check_branch_fits_base(branch, shapes, base, _where(self))
+        check_branch_fits_base(branch, shapes, base, self.where)
         owned = {k[len(BRANCH_PREFIX) :]: v for k, v in self.tensors.items() if k.startswith(BRANCH_PREFIX)}
         layers = copy_layers(base, branch["start"], owned)
         module = Branch(layers, self.build(), branch["inputs"], branch["detect_from"])
         return module.to(device=device, dtype=dtype).requires_grad_(False).eval()
 
 
-def _where(head: Head) -> str:
-    """How refusals name a head before its names are known to be well formed."""
-    label = head.metadata.get("label")
-    return f"head '{label[:60]}'" if isinstance(label, str) and label else "head"
-
-
-def _compact(tensor: torch.Tensor) -> torch.Tensor:
-    """fp16 when that is exact (heads from Ultralytics checkpoints are fp16 values): half the file, same numbers."""
-    if tensor.dtype == torch.float32 and torch.equal(tensor.half().float(), tensor):
-        return tensor.half()
-    return tensor
+def compact(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 when that is exact (Ultralytics checkpoints hold fp16 values): half the file, the same numbers."""
+    if tensor.is_floating_point() and torch.equal(tensor.half().to(tensor.dtype), tensor):
+        return tensor.half().contiguous()
+    return tensor.contiguous()
 
 
 def new_detect(
@@ -212,13 +214,13 @@ _ACTIVATIONS = {
 
 def describe_activation(module: nn.Module) -> dict[str, Any]:
     """{"type": "SiLU"} (with numeric arguments where the type has some) for a head's Conv activation."""
-    kind = type(module).__name__
-    if kind not in _ACTIVATIONS:
+    activation = type(module).__name__
+    if activation not in _ACTIVATIONS:
         raise ValueError(
-            f"the base's head uses a {kind} activation; headkit supports {', '.join(_ACTIVATIONS)} — use a base "
-            "built with one of these"
+            f"the base's head uses a {activation} activation; headkit supports {', '.join(_ACTIVATIONS)} — use a "
+            "base built with one of these"
         )
-    return {"type": kind, **{name: float(getattr(module, name)) for name in _ACTIVATIONS[kind]}}
+    return {"type": activation, **{name: float(getattr(module, name)) for name in _ACTIVATIONS[activation]}}
 
 
 def build_activation(spec: dict[str, Any]) -> nn.Module:
@@ -227,25 +229,24 @@ def build_activation(spec: dict[str, Any]) -> nn.Module:
     Raises:
         ValueError: an activation headkit does not build (a head file can only name the ones in `_ACTIVATIONS`).
     """
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind not in _ACTIVATIONS:
+    activation = spec.get("type") if isinstance(spec, dict) else None
+    if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {spec!r}; expected one of {', '.join(_ACTIVATIONS)}")
-    arguments = {name: float(spec[name]) for name in _ACTIVATIONS[kind] if name in spec}
-    return getattr(nn, kind)(**arguments)
+    arguments = {name: float(spec[name]) for name in _ACTIVATIONS[activation] if name in spec}
+    return getattr(nn, activation)(**arguments)
 
 
-def describe_detect(detect: Detect) -> dict[str, Any]:
-    """The layout facts a Detect head must share with the base it joins."""
-    legacy = not isinstance(detect.cv3[0][0], nn.Sequential)
-    channels = [branch[0].conv.in_channels for branch in detect.cv2]
+def describe_detect(facts: BaseFacts) -> dict[str, Any]:
+    """The layout facts a model's Detect head must share with the base it joins, as head metadata records them."""
+    detect = facts.detect
     return {
-        "kind": "detect",
-        "channels": channels,
-        "reg_max": int(detect.reg_max),
-        "strides": [float(s) for s in detect.stride],
-        "legacy": legacy,
+        "kind": "detect",  # a file-format key every head carries (heads are Detect heads); read by nothing
+        "channels": list(facts.channels),
+        "reg_max": facts.reg_max,
+        "strides": list(facts.strides),
+        "legacy": not isinstance(detect.cv3[0][0], nn.Sequential),
         "activation": describe_activation(detect.cv2[0][0].act),
-        "end2end": getattr(detect, "one2one_cv2", None) is not None,
+        "end2end": facts.end2end,
     }
 
 
@@ -255,7 +256,7 @@ def extract_head(
     *,
     imgsz: int | None = None,
     metrics: dict | None = None,
-    trained_with: str = "plain",
+    trained_with: str = PLAIN,
     extra: dict | None = None,
     branch_start: int | None = None,
 ) -> Head:
@@ -267,38 +268,37 @@ def extract_head(
     """
     ensure_detect_base(base)
     ensure_detect_base(trained, role="trained model")
-    if head_index(trained) != head_index(base):
-        raise ValueError(f"trained model's head is layer {head_index(trained)}, the base's is {head_index(base)}")
+    ours, theirs = base_facts(trained), base_facts(base)
+    if ours.head_index != theirs.head_index:
+        raise ValueError(f"trained model's head is layer {ours.head_index}, the base's is {theirs.head_index}")
     check = compare_trunks(trained, base, upto=branch_start)
     if not check.untouched:
-        shown = ", ".join(check.changed[:8]) + (" ..." if len(check.changed) > 8 else "")
+        listed = ", ".join(check.changed[:8]) + (" ..." if len(check.changed) > 8 else "")
         raise ValueError(
             f"{len(check.changed)} frozen trunk tensors differ from the base's (max |Δ| {check.max_abs_diff:.3g}): "
-            f"{shown}; the head would not fit the base — train again with every layer before the head frozen"
+            f"{listed}; the head would not fit the base — train again with every layer before the head frozen"
         )
-    inner = detection_model(trained)
-    detect = inner.model[-1]
-    args = getattr(inner, "args", {}) or {}
+    args = getattr(ours.inner, "args", {}) or {}
     metadata = {
-        "names": {str(k): v for k, v in inner.names.items()},
-        **describe_detect(detect),
+        "names": {str(k): v for k, v in ours.names.items()},
+        **describe_detect(ours),
         "ultralytics_version": ULTRALYTICS_VERSION,
         "imgsz": imgsz or (args.get("imgsz") if isinstance(args, dict) else None),
         "metrics": metrics,
         "base_source": model_source(base),
-        "base_fingerprint": fingerprint(base, upto=branch_start),
-        "base_names": {str(k): v for k, v in detection_model(base).names.items()},
+        "base_fingerprint": theirs.trunk_fingerprint(branch_start),
+        "base_names": {str(k): v for k, v in theirs.names.items()},
         "trunk_check": check.to_dict(),
         "trained_with": trained_with,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    tensors = {key: value.detach().cpu().clone() for key, value in detect.state_dict().items()}
+    tensors = {key: value.detach().cpu().clone() for key, value in ours.detect.state_dict().items()}
     if branch_start is not None:
         metadata["branch"] = {
             "start": branch_start,
             "inputs": branch_inputs(base, branch_start),
-            "detect_from": [int(i) for i in detection_model(base).model[-1].f],
+            "detect_from": list(theirs.detect_from),
             "architecture": architecture(base),
         }
         tensors |= {BRANCH_PREFIX + key: value for key, value in branch_tensors(trained, branch_start).items()}
@@ -508,7 +508,8 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None, limi
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path.name}: expected a dict of tensors keyed like 'model.model.23.cv2.0.0.conv.weight'")
     ensure_detect_base(base)
-    index = head_index(base)
+    facts = base_facts(base)
+    index = facts.head_index
     stripped, layers = {}, set()
     for key, value in state.items():
         for prefix in _LEGACY_PREFIXES:
@@ -526,7 +527,6 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None, limi
             f"{path.name}: holds layer(s) {found}, but this base's Detect head is layer {index} (a head saved beside "
             f"it is {index + 1}); this .pth was made for another model family or size — load it with its own base"
         )
-    detect = detection_model(base).model[-1]
     nc = stripped["cv3.0.2.bias"].shape[0] if "cv3.0.2.bias" in stripped else None
     if nc is None:
         raise ValueError(f"{path.name}: no classification layer 'cv3.0.2.bias' found; is this a Detect head?")
@@ -534,16 +534,16 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None, limi
     check_names(names, path.name, limits)
     metadata = {
         "names": {str(k): v for k, v in names.items()},
-        **describe_detect(detect),
+        **describe_detect(facts),
         "ultralytics_version": None,
         "imgsz": None,
         "metrics": None,
         "base_source": model_source(base),
-        "base_fingerprint": fingerprint(base),
+        "base_fingerprint": facts.fingerprint,
         "base_fingerprint_verified": False,
         "legacy_layer": layers.pop(),
-        "base_names": {str(k): v for k, v in detection_model(base).names.items()},
-        "trained_with": "imported-legacy-pth",
+        "base_names": {str(k): v for k, v in facts.names.items()},
+        "trained_with": LEGACY_PTH,
     }
     metadata["legacy"] = "cv3.0.0.conv.weight" in stripped
     head = Head(stripped, metadata)

@@ -135,8 +135,8 @@ def render_model_card(
         + _table(
             ["field", "value"],
             [
-                ["trained with", _md(meta.get("trained_with", "plain"))],
-                ["owns", _md(HeadKind.of(meta).describe().split(",")[0])],
+                ["trained with", _md(head.kind.trained_with)],
+                ["owns", _md(HeadKind(branch_start=head.kind.branch_start).describe())],
                 ["image size", _md(meta.get("imgsz") or "not recorded")],
                 ["Ultralytics", _md(meta.get("ultralytics_version") or "not recorded")],
                 ["created", _md(meta.get("created") or "not recorded")],

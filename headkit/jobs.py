@@ -1,26 +1,23 @@
-"""Per-session job folders: each browser or API session works in its own folder, confined, and removed when old."""
+"""Per-session job folders (storage only): each browser or API session works in its own folder, confined, and removed
+when old. Training lives in `headkit.runs`; a job only keeps what runs save."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .disk import DiskFigure, remove_old
 from .filenames import safe_name
-from .finetune import FineTuneResult, finetune, save_finetuned
-from .headfile import Head
 from .limits import Limits
-from .train import TrainProgress, TrainResult, train_head
 
 if TYPE_CHECKING:
+    from .headfile import Head
     from .keys import UserKeys
 
 LOGGER = logging.getLogger(__name__)
@@ -102,11 +99,15 @@ class Job:
         return Path(shutil.make_archive(str(target), "zip", root_dir=folder.parent, base_dir=folder.name))
 
     def request_stop(self) -> None:
-        """Ask this session's running training to stop after its current batch (works across processes)."""
+        """Ask this session's running training to stop after its current batch (a file: it reaches a run in another
+        process, e.g. inside a ZeroGPU call)."""
         self.file(_STOP_FILE).touch()
 
     def stop_requested(self) -> bool:
         return (self.path / _STOP_FILE).exists()
+
+    def clear_stop(self) -> None:
+        (self.path / _STOP_FILE).unlink(missing_ok=True)
 
     def touch(self) -> None:
         """Mark the job as in use, so the sweep keeps it."""
@@ -133,72 +134,16 @@ class Job:
             "max_session_mb", round(self.disk_mb(), 1), "this session's files (uploads, datasets, runs, heads) in MiB"
         )
 
-    def train(
-        self, base, data: str | Path, *, stop: Callable[[], bool] | None = None, **kwargs: Any
-    ) -> Iterator[TrainProgress | TrainResult]:
-        """Run `train_head` in a thread, yielding its progress reports and, last, the TrainResult.
-
-        Training runs under `<job>/runs`; `request_stop()`, `stop()` turning True (a `headkit.runs.Run`'s Stop or
-        time limit) or closing this iterator stops it after the current batch.
-
-        Raises:
-            TrainingCancelled: a stop was requested.
-        """
-        yield from self._in_thread(train_head, base, data, stop, **kwargs)
-
-    def finetune(
-        self, base, data: str | Path, *, stop: Callable[[], bool] | None = None, **kwargs: Any
-    ) -> Iterator[TrainProgress | FineTuneResult]:
-        """Run the comparison fine-tune (`headkit.finetune.finetune`) in a thread, like `train`, with the same Stop."""
-        yield from self._in_thread(finetune, base, data, stop, **kwargs)
-
-    def save_finetuned(self, model, name: str) -> Path:
-        """Keep a fine-tuned model for the head `name` (safetensors, in the job; never offered as a pickle)."""
-        return save_finetuned(model, self.file("finetunes", f"{safe_name(name)}.safetensors"))
+    def finetune_path(self, name: str) -> Path:
+        """Where the comparison fine-tune of this session's head `name` is kept (safetensors, never a pickle)."""
+        path = self.file("finetunes", f"{safe_name(name)}.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def finetuned(self, name: str) -> Path | None:
         """The fine-tuned model kept for this session's head `name`, if one was trained."""
         path = self.file("finetunes", f"{safe_name(name)}.safetensors")
         return path if path.is_file() else None
-
-    def _in_thread(
-        self, work: Callable[..., Any], base, data: str | Path, stop: Callable[[], bool] | None, **kwargs: Any
-    ) -> Iterator[Any]:
-        # A marker left from before this run (Stop pressed when nothing trained) must not stop it. A Stop pressed
-        # while a run waits for its slot is the Runs layer's (`Runs.stop`), which never relies on this marker.
-        (self.path / _STOP_FILE).unlink(missing_ok=True)
-        events: queue.Queue = queue.Queue()
-        closed = threading.Event()
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["result"] = work(
-                    base,
-                    data,
-                    project=self.file("runs"),
-                    progress=events.put,
-                    stop=lambda: closed.is_set() or self.stop_requested() or (stop is not None and stop()),
-                    **kwargs,
-                )
-            except BaseException as e:  # re-raised in the consumer's thread below
-                outcome["error"] = e
-            finally:
-                events.put(None)
-
-        thread = threading.Thread(target=run, name=f"train-{self.path.name[:8]}", daemon=True)
-        thread.start()
-        try:
-            while (event := events.get()) is not None:
-                self.touch()
-                yield event
-        finally:
-            closed.set()  # the consumer went away (e.g. the browser closed): stop the run at its next batch
-        thread.join()
-        (self.path / _STOP_FILE).unlink(missing_ok=True)
-        if "error" in outcome:
-            raise outcome["error"]
-        yield outcome["result"]
 
 
 class JobRoot:
@@ -271,6 +216,36 @@ class JobRoot:
             "disk taken by every session's files and served outputs on this server, in MiB (try again once old "
             "sessions are swept)",
         )
+
+    def new_output_folder(self, limits: Limits) -> Path:
+        """A new folder under `served_dir` for new outputs (each call its own: identical outputs never share a file),
+        refused when the server's disk is full.
+
+        Raises:
+            LimitExceeded: over `max_server_mb`.
+        """
+        self.check_disk(limits)
+        folder = self._served() / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    def serve(self, path: Path) -> Path:
+        """A copy of a job's file under `served_dir`, for a download or a gallery: one copy per version of the file,
+        so replaying a run (a reopened page) again and again adds nothing to the disk."""
+        stat = path.stat()
+        version = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+        target = self._served() / version / path.name
+        if target.is_file():
+            target.parent.touch()  # in use: the sweep keeps it
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return target
+
+    def _served(self) -> Path:
+        if self.served_dir is None:
+            raise ValueError("this JobRoot serves no outputs: give it a served_dir")
+        return self.served_dir
 
     def _maybe_sweep(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.nn.modules import Pose
 from ultralytics.nn.tasks import DetectionModel
 
-from .labels import load_yaml, names_file_bytes
+from .labels import load_yaml, names_file_bytes, parse_label_line
 from .layout import SPLITS
 from .settings import current_limits
 
@@ -31,7 +31,6 @@ LOGGER = logging.getLogger(__name__)
 
 KPT_SHAPE = [1, 3]  # one keypoint (the box centre) with x, y, visibility
 FLIP_IDX = [0]  # a centre stays itself under a horizontal flip
-_BOUNDS_TOLERANCE = 0.01  # Ultralytics accepts box values this far outside [0, 1]
 _DECIMALS = 8  # 1e-8 of the image side: far below a pixel, and hides float noise from polygon maths
 
 
@@ -75,8 +74,8 @@ def convert_label_text(text: str, *, file: str = "") -> tuple[str, int]:
 
     A line with 5 columns is a box; a line with an odd number of columns >= 7 is a polygon (class + x y pairs), which
     becomes its bounding box, as Ultralytics reads it. Anything else (6 columns, an even count >= 8 such as a box with
-    keypoints) is refused: the file is not plain detection data. Whole keypoint datasets are recognised earlier, by
-    `kpt_shape` in data.yaml.
+    keypoints) is refused: the file is not plain detection data. Lines are read by `labels.parse_label_line`, the one
+    label parser. Whole keypoint datasets are recognised earlier, by `kpt_shape` in data.yaml.
 
     Args:
         text: the label file's content; blank lines are ignored.
@@ -84,45 +83,22 @@ def convert_label_text(text: str, *, file: str = "") -> tuple[str, int]:
 
     Returns:
         The converted text (empty when `text` has no labels) and the number of boxes.
+
+    Raises:
+        DatasetError: a line that is not a box or polygon row (see `parse_label_line`).
     """
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
-        tokens = line.split()
-        if tokens:
-            rows.append(_parse_line(tokens, f"{file or '<label text>'}:{number}"))
+        if line.strip():
+            where = f"{file or '<label text>'}:{number}"
+            cls, coords = parse_label_line(line, nc=None, file=where, allow_polygons=True, dtype=np.float64)
+            box = coords if coords.ndim == 1 else polygon_to_xywhn(coords.ravel())
+            rows.append(np.concatenate([[cls], box]))
     if not rows:
         return "", 0
     table = boxes_to_keypoint_rows(np.stack(rows))
     lines = [" ".join([str(int(row[0])), *(_format(v) for v in row[1:])]) for row in table]
     return "\n".join(lines) + "\n", len(lines)
-
-
-def _parse_line(tokens: list[str], where: str) -> np.ndarray:
-    """One label line -> (5,) [cls, cx, cy, w, h]."""
-    columns = len(tokens)
-    if columns != 5 and (columns < 7 or columns % 2 == 0):
-        hint = (
-            "it looks like keypoint (pose) labels: the data already has keypoints, train a pose model on it directly"
-            if columns > 5
-            else "this is not YOLO detection data"
-        )
-        raise ValueError(
-            f"{where}: expected 5 columns (class cx cy w h) or a polygon (class x1 y1 x2 y2 x3 y3 ...), "
-            f"got {columns} columns; {hint}"
-        )
-    try:
-        values = np.array([float(t) for t in tokens])
-    except ValueError as err:
-        raise ValueError(f"{where}: expected numbers, got {' '.join(tokens)!r}") from err
-    if not np.isfinite(values).all() or values[0] < 0 or not values[0].is_integer():
-        raise ValueError(f"{where}: expected a non-negative integer class and finite values, got {' '.join(tokens)!r}")
-    box = values[1:] if columns == 5 else polygon_to_xywhn(values[1:])
-    if box.min() < -_BOUNDS_TOLERANCE or box.max() > 1 + _BOUNDS_TOLERANCE:
-        raise ValueError(
-            f"{where}: expected normalised coordinates in [0, 1], got {box.tolist()}; "
-            "divide pixel coordinates by the image width and height"
-        )
-    return np.concatenate([values[:1], box])
 
 
 def _format(value: float) -> str:

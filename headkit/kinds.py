@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .trunk import detection_model, head_index
+from .labels import is_int
+from .trunk import base_facts
 
 PLAIN = "plain"
 KEYPOINT_TRICK = "keypoint-trick"
@@ -43,7 +44,7 @@ class HeadKind:
     def of(cls, metadata: dict[str, Any]) -> HeadKind:
         branch = metadata.get("branch") or {}
         start = branch.get("start") if isinstance(branch, dict) else None
-        if not isinstance(start, int) or isinstance(start, bool):  # a file's text; `headfile` refuses a bad start
+        if not is_int(start):  # a file's text; `headfile` refuses a bad start
             start = None
         return cls(str(metadata.get("trained_with") or PLAIN), start)
 
@@ -58,14 +59,14 @@ def resolve_branch(base, branch: str | int) -> int | None:
         ValueError: an unknown choice, or a layer outside the trunk (it must leave at least one shared layer and end
             before the Detect layer).
     """
-    inner = detection_model(base)
-    head = head_index(base)
+    facts = base_facts(base)
+    head = facts.head_index
     if isinstance(branch, str) and not branch.strip().lstrip("-").isdigit():
         choice = branch.strip().lower()
         if choice == "head":
             return None
         if choice == "neck":
-            backbone = (getattr(inner, "yaml", None) or {}).get("backbone")
+            backbone = (getattr(facts.inner, "yaml", None) or {}).get("backbone")
             if not backbone:
                 raise ValueError(
                     "the base records no architecture (`backbone:` rows); pass the branch start as a layer"
@@ -86,7 +87,7 @@ def resolve_branch(base, branch: str | int) -> int | None:
 
 def branch_inputs(base, start: int) -> list[int]:
     """The shared layers (before `start`) whose outputs the layers from `start` on read, in ascending order."""
-    layers = detection_model(base).model
+    layers = base_facts(base).layers
     needed: set[int] = set()
     for layer in layers[start:]:
         sources = [layer.f] if isinstance(layer.f, int) else list(layer.f)

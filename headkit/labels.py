@@ -32,12 +32,29 @@ class DatasetError(ValueError):
 
 
 def parse_label_line(
-    line: str, *, nc: int, file: str = "", line_no: int = 0, allow_polygons: bool = False
+    line: str,
+    *,
+    nc: int | None,
+    file: str = "",
+    line_no: int = 0,
+    allow_polygons: bool = False,
+    dtype: type = np.float32,
 ) -> tuple[int, np.ndarray]:
-    """Parse one YOLO label row `class cx cy w h` (normalised to [0, 1]).
+    """Parse one YOLO label row `class cx cy w h` (normalised: every coordinate in [0, 1], none outside it; the one
+    parser of label rows, for datasets and the keypoint converter alike).
+
+    Args:
+        nc: the number of class names, or None where they are not known (then any class id from 0 is taken).
+        file, line_no: where the row is, for refusals (`file line N: ...`).
+        allow_polygons: also read a `class x1 y1 x2 y2 x3 y3 ...` row (a segment label).
+        dtype: of the returned coordinates.
 
     Returns:
-        Class id and xywhn (4,) float32; with `allow_polygons`, a `class x1 y1 x2 y2 ...` row gives xyn (K, 2).
+        Class id and xywhn (4,); with `allow_polygons`, a polygon row gives xyn (K, 2).
+
+    Raises:
+        DatasetError: a row of another shape, a value that is not a number, a class id that is not one of the names,
+            coordinates outside [0, 1] (pixels, most often) or a box without width or height.
     """
     where = f"{file or 'label'}{f' line {line_no}' if line_no else ''}"
     fields = line.split()
@@ -48,31 +65,49 @@ def parse_label_line(
             looks_like = "a segment (polygon) label" if polygon else "a pose (keypoint) label or a row with scores"
             raise DatasetError(
                 f"{where}: found {n} columns, but detection labels have exactly 5 (class cx cy w h); this looks like "
-                f"{looks_like}; export the dataset in YOLO detection (box) format"
+                f"{looks_like}; export the dataset in YOLO detection (box) format, or, if it already has keypoints, "
+                "train a pose model on it directly"
             )
-        raise DatasetError(f"{where}: found {n} columns, expected 5 (class cx cy w h); complete or delete the row")
+        raise DatasetError(
+            f"{where}: found {n} columns, expected 5 (class cx cy w h); this is not YOLO detection data: complete "
+            "or delete the row"
+        )
     values = []
     for token in fields:
         value = float(token) if _NUMBER.fullmatch(token) else math.nan
         if not math.isfinite(value):
-            raise DatasetError(f"{where}: {token[:20]!r} is not a number; expected 5 numbers (class cx cy w h)")
+            raise DatasetError(f"{where}: {token[:20]!r} is not a number; expected numbers (class cx cy w h)")
         values.append(value)
     cls = values[0]
+    ids = f"0..{nc - 1}" if nc is not None else "0, 1, 2, ..."
     if cls != int(cls):
-        raise DatasetError(f"{where}: class id {fields[0]} is not an integer; expected 0..{nc - 1}")
-    if not 0 <= cls < nc:
+        raise DatasetError(f"{where}: class id {fields[0]} is not an integer class id; expected {ids}")
+    if cls < 0 or (nc is not None and cls >= nc):
         raise DatasetError(
-            f"{where}: class id {int(cls)} is outside 0..{nc - 1} ({nc} class names); fix the id or add the class name"
+            f"{where}: class id {int(cls)} is outside {ids} ({nc} class names); fix the id or add the class name"
+            if nc is not None
+            else f"{where}: class id {int(cls)} is negative; class ids count from 0"
         )
     coords = np.asarray(values[1:], dtype=np.float64)
     if coords.min() < 0 or coords.max() > 1:
         raise DatasetError(
-            f"{where}: coordinates must be normalised to [0, 1], found {fields[1:]}; divide pixel values by the "
-            "image width and height"
+            f"{where}: coordinates must be normalised to [0, 1], found {fields[1:]}; normalised coordinates are "
+            "pixel values divided by the image width and height"
         )
     if n == 5 and (coords[2] <= 0 or coords[3] <= 0):
         raise DatasetError(f"{where}: box width and height must be > 0, found w={fields[3]} h={fields[4]}")
-    return int(cls), coords.astype(np.float32) if n == 5 else coords.reshape(-1, 2).astype(np.float32)
+    coords = coords.astype(dtype)
+    return int(cls), coords if n == 5 else coords.reshape(-1, 2)
+
+
+def is_int(value: object) -> bool:
+    """An int that is not a bool (JSON's and YAML's true would pass isinstance(..., int))."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, an ellipsis marking the cut: how refusals quote what a stranger wrote."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def names_file_bytes(limits: Limits) -> int:
@@ -228,7 +263,7 @@ def read_names(
     """
     limits = Limits() if limits is None else limits
     nc = data.get("nc")
-    if isinstance(nc, int) and not isinstance(nc, bool):
+    if is_int(nc):
         limits.check("max_classes", nc, f"{yaml_rel}: `nc:`")
     if data.get("names") is not None:
         raw, source = data["names"], yaml_rel
@@ -272,7 +307,7 @@ def read_names(
 
 def _check_name(name: str, key: int | str, source: str, limits: Limits) -> str:
     """`name` if it fits one table cell: not too long, no line breaks, control or bidi characters."""
-    shown = repr(name[:40] + ("…" if len(name) > 40 else ""))
+    shown = repr(clip(name, 41))
     limits.check("max_class_name_chars", len(name), f"{source}: characters in the name of class {key} ({shown})")
     bad = next((c for c in name if unicodedata.category(c) in _UNPRINTABLE or c in _BIDI_CONTROLS), None)
     if bad is not None:

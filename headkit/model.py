@@ -13,10 +13,12 @@ from pathlib import Path
 
 from ultralytics import YOLO
 from ultralytics.nn import tasks
+from ultralytics.nn.modules.head import Detect
 
 from .basefile import load_base
 from .concat import guard_merged
 from .sources import resolve
+from .trunk import base_facts, detection_model
 
 __all__ = ["ARCHITECTURE_SUFFIXES", "load_model"]
 
@@ -39,7 +41,7 @@ def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
     else:
         path = resolve(text, revision=revision)
         if path.suffix.lower() == ".safetensors":
-            model = load_base(path)
+            model = load_base(path)  # its facts, fingerprint included, were worked out while checking it
             model.headkit_source = text
             return model
         if path.suffix.lower() != ".pt":
@@ -60,7 +62,10 @@ def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
                 "saved by Ultralytics (model.save or a training run's best.pt)"
             ) from e
     model.headkit_source = text
-    return guard_merged(model)  # a merged .pt refuses class-agnostic NMS as the merged model it was saved from did
+    guard_merged(model)  # a merged .pt refuses class-agnostic NMS as the merged model it was saved from did
+    if isinstance(detection_model(model).model[-1], Detect):
+        base_facts(model)  # worked out once, here; the modules a base passes through ask this record
+    return model
 
 
 @contextlib.contextmanager

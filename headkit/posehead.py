@@ -27,15 +27,15 @@ from ultralytics.nn.tasks import PoseModel
 from .base import ensure_detect_base
 from .headfile import Head, extract_head
 from .keypoints import KPT_SHAPE, convert_to_keypoints, pose_to_detect
+from .kinds import KEYPOINT_TRICK
 from .labels import load_yaml
 from .progress import TrainProgress, train_reporting
-from .trunk import compare_trunks, detection_model
+from .trunk import base_facts, compare_trunks
 
 LOGGER = logging.getLogger(__name__)
 
 # The seed's loss gains: box IoU and DFL nearly off, so in the whole pose loss the keypoint terms lead.
 LOSS_GAINS = {"box": 0.01, "dfl": 0.01}
-TRAINED_WITH = "keypoint-trick"
 
 
 def _pose_cfg(detect_cfg: dict, nc: int) -> dict:
@@ -68,8 +68,9 @@ def pose_variant(base, *, names: dict[int, str] | None = None, seed: int = 0, pa
         ValueError: the base is not a plain detect model, or its trunk cannot be rebuilt under a Pose head.
     """
     ensure_detect_base(base)
-    inner = detection_model(base)
-    names = {int(k): str(v) for k, v in (names or inner.names).items()}
+    facts = base_facts(base)
+    inner = facts.inner
+    names = {int(k): str(v) for k, v in (names or facts.names).items()}
     cfg = _pose_cfg(inner.yaml, len(names))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -153,4 +154,4 @@ def detect_head_from_pose(trained_pose: YOLO, base, **metadata: Any) -> Head:
     Args:
         **metadata: passed to `extract_head` (imgsz, metrics, extra).
     """
-    return extract_head(pose_to_detect(trained_pose), base, trained_with=TRAINED_WITH, **metadata)
+    return extract_head(pose_to_detect(trained_pose), base, trained_with=KEYPOINT_TRICK, **metadata)

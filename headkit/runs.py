@@ -1,42 +1,83 @@
-"""Training runs that outlive the page that started them (found again by a user key, `headkit.keys`).
+"""A training run as one object: what to train, one thread, typed events, Stop; and the server's line of runs.
 
-A run is a thread that consumes a job's training events (progress, the saved head, a comparison fine-tune) and keeps
-them; any number of requests may follow it, from the start or from where they reconnect, and a follower that goes away
-(a closed page, a dropped script) leaves the run going. Runs wait for the server's training slots in order, so one
-training at a time stays the rule; a waiting run says how many are ahead of it.
+`Runs.start(owner, request, work)` returns a `Run`. Its thread waits in line for the server's training slot (one
+training at a time stays the rule), then calls `work(request, stop, report)` — `perform` in this process, or the
+app's wrapper that runs it inside one `spaces.GPU` call on ZeroGPU — and keeps what it reports. Each result is saved
+into the job as it comes and kept as a small record (`SavedHead`, `SavedFineTune`), so a run whose page is gone still
+leaves its head, and a finished run holds no model. Any number of followers replay the events from the start, or
+from where they reconnect; a follower that goes away leaves the run going. A run always ends with exactly one of
+`Finished`, `Stopped` or `Failed`.
 
 Everything a stranger could pile up is bounded (`headkit.Limits`): runs waiting in line (`max_queued_runs`), runs of
 one owner (`max_queued_runs_per_client`), the wall time a run trains once it has a slot (`max_train_s`, enforced
-between batches), and finished runs kept for reconnecting pages (`max_kept_runs`), which hold small records only.
+between batches), and finished runs kept for reconnecting pages (`max_kept_runs`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .finetune import FineTuneResult
+from .finetune import finetune, save_finetuned
+from .jobs import Job
 from .limits import Limits
 from .progress import TrainingCancelled, TrainProgress
-from .train import TrainResult
+from .train import TrainResult, default_device, train_head
 
-# A run's work: given the poll that says "stop after this batch", it yields the run's events
-Work = Callable[[Callable[[], bool]], Iterator[Any]]
 BEFORE_START = "training stopped before it started: Stop was pressed while it waited for the training slot"
+ON_REQUEST = "training stopped on request"
 
 
-class RunStopped(TrainingCancelled):
-    """A run the server ended early: stopped while waiting, or at the time limit (the message says which)."""
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What one run trains: plain data, so it crosses into a `spaces.GPU` process or a DDP worker as it is.
+
+    Attributes:
+        base: the base as its owner names it (the app: a key of its base cache); `work` turns it into a model.
+        data: the dataset's data.yaml.
+        job_dir: the job folder the head (and the fine-tune) are saved into; Ultralytics' runs go to `<job>/runs`.
+        name: the head's name in the job (a taken name gets a suffix).
+        branch: what the head owns, a `headkit.BRANCH_CHOICES` value or a start layer.
+        keypoint_trick: train on box centres as keypoints first (see `headkit.posehead`).
+        finetune: afterwards, fine-tune the whole model the usual way, for comparison.
+        options: further Ultralytics train arguments (e.g. `workers=0` on CPU), as (name, value) pairs.
+        gpu_seconds: the duration of the one ZeroGPU call the run may take (0 elsewhere).
+    """
+
+    base: str
+    data: str
+    job_dir: str
+    name: str
+    epochs: int
+    imgsz: int
+    batch: int
+    branch: str | int = "head"
+    keypoint_trick: bool = False
+    finetune: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
+    gpu_seconds: int = 0
+
+
+# --- events ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The run waits for the training slot; `ahead` runs go first. Reported to followers, never kept."""
+
+    ahead: int
 
 
 @dataclass(frozen=True)
 class SavedHead:
-    """Training event: the head was saved into the job; what a page shows of it, without its tensors.
+    """The head was saved into the job; what a page shows of it, without its tensors.
 
     Attributes:
         path: the head file in the job folder.
@@ -66,40 +107,130 @@ class SavedHead:
 
 @dataclass(frozen=True)
 class SavedFineTune:
-    """Training event: the comparison fine-tune was saved beside the head (its file, val mAP50, wall seconds)."""
+    """The comparison fine-tune was saved beside the head (its file, val mAP50, wall seconds)."""
 
     path: Path
     map50: float
     seconds: float
 
 
-def saved(job, name: str, events: Iterable[Any], *, finetune_next: bool) -> Iterator[Any]:
-    """`events` with each result saved into `job` (a `headkit.Job`) and replaced by its record, so a run keeps no
-    model: TrainResult → SavedHead, FineTuneResult → SavedFineTune; progress passes through."""
-    head_path = None
-    for event in events:
-        if isinstance(event, TrainResult):
-            head_path = job.save_head(event.head, name)
-            record = SavedHead.of(event, head_path, finetune_next=finetune_next)
-        elif isinstance(event, FineTuneResult):
-            record = SavedFineTune(job.save_finetuned(event.model, head_path.stem), event.map50, event.seconds)
-        else:
-            record = event
-        del event  # the model goes now, not when the next event comes
-        yield record
+@dataclass(frozen=True)
+class Finished:
+    """The run did all it was asked."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The run ended early: Stop was pressed (waiting or between batches), or it reached `max_train_s`.
+
+    What was saved before (a head, when the fine-tune is what stopped) stays saved.
+    """
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The run raised `error` (kept without its traceback, whose frames would hold the model)."""
+
+    error: BaseException
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
+
+
+Event = Waiting | TrainProgress | SavedHead | SavedFineTune | Finished | Stopped | Failed
+END = (Finished, Stopped, Failed)
+# A run's work: (request, stop poll, report) -> None; it reports progress and saved results, and polls `stop` often
+Work = Callable[[TrainingRequest, Callable[[], bool], Callable[[Any], None]], None]
+
+
+# --- the work --------------------------------------------------------------------------------------------------------
+
+
+def perform(request: TrainingRequest, base, stop: Callable[[], bool], report: Callable[[Any], None]) -> None:
+    """Train the head on `base` (a loaded model), save it into the job, then the comparison fine-tune if asked.
+
+    Progress is reported as `TrainProgress` (from Ultralytics' callbacks), each result as its saved record. Besides
+    `stop()`, the job's stop marker (`Job.request_stop`) stops the run: it reaches a run in another process.
+
+    Raises:
+        TrainingCancelled: a stop was asked for; nothing more is saved.
+    """
+    job = Job(request.job_dir)
+    job.clear_stop()  # a marker from before this run (Stop pressed when nothing trained) must not stop it
+
+    def poll() -> bool:
+        return stop() or job.stop_requested()
+
+    def reported(event: Any) -> None:
+        job.touch()  # in use: the sweep keeps the job while it trains
+        report(event)
+
+    settings = dict(request.options, epochs=request.epochs, imgsz=request.imgsz, batch=request.batch)
+    result = train_head(
+        base, request.data, project=job.file("runs"), progress=reported, stop=poll,
+        keypoint_trick=request.keypoint_trick, branch=request.branch, **settings,
+    )  # fmt: skip
+    path = job.save_head(result.head, request.name)
+    record = SavedHead.of(result, path, finetune_next=request.finetune)
+    del result  # the head's tensors go now, not when the run ends
+    reported(record)
+    if request.finetune:  # the usual way, for Compare: every layer, the new classes only
+        settings.setdefault("device", default_device())
+        tuned = finetune(base, request.data, project=job.file("runs"), progress=reported, stop=poll, **settings)
+        saved = SavedFineTune(save_finetuned(tuned.model, job.finetune_path(path.stem)), tuned.map50, tuned.seconds)
+        del tuned
+        reported(saved)
+
+
+def streamed(request: TrainingRequest, base) -> Iterator[Any]:
+    """`perform`'s events as a generator, for a caller that must yield them (a `spaces.GPU` call streams what its
+    function yields back to the app). Stop reaches it through the job's stop marker only.
+
+    Raises:
+        TrainingCancelled: a stop was asked for.
+    """
+    events: queue.Queue = queue.Queue()
+    closed = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            perform(request, base, closed.is_set, events.put)
+        except BaseException as e:  # re-raised in the consumer's thread below
+            outcome["error"] = e
+        finally:
+            events.put(END)
+
+    thread = threading.Thread(target=run, name="training-stream", daemon=True)
+    thread.start()
+    try:
+        while (event := events.get()) is not END:
+            yield event
+    finally:
+        closed.set()  # the consumer went away: stop at the next batch
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+# --- the run ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Run:
-    """One training run's kept events, its state and, when it ended badly, its error (without its traceback).
+    """One training run: its request, its kept events, its state, and Stop.
 
-    Batch progress is transient: only the latest one is kept, so a run's memory grows with its epochs, not batches.
+    Batch progress is transient: only the latest batch report is kept, so a run's memory grows with its epochs, not
+    its batches.
     """
 
+    request: TrainingRequest | None = None
     events: list[Any] = field(default_factory=list)
-    state: str = "waiting"  # waiting, running, done, failed
-    error: BaseException | None = None
-    ahead: int = 0  # runs before this one in the queue while waiting
+    state: str = "waiting"  # waiting, running, finished, stopped, failed
+    ahead: int = 0  # runs before this one in the line while waiting
     limit_s: float = float("inf")  # wall time it may train once it has a slot
     started_at: float | None = None  # time.monotonic() when it got a slot
     ended_at: float | None = None
@@ -108,35 +239,48 @@ class Run:
     _version: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _timed_out: bool = False
+    _leave_line: Callable[[Run], bool] | None = None  # set by Runs: takes a waiting run out of the line
 
     @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed")
+    def ended(self) -> bool:
+        return self.state in ("finished", "stopped", "failed")
 
-    def follow(self, start: int = 0, *, poll_s: float = 1.0) -> Iterator[tuple[int, Any]]:
-        """(index, event) from `start` on, as they come, until the run ends; None events report waiting in line."""
+    @property
+    def outcome(self) -> Finished | Stopped | Failed | None:
+        """The run's last event once it ended, else None."""
+        return self.events[-1] if self.ended else None
+
+    def follow(self, start: int = 0, *, poll_s: float = 1.0) -> Iterator[Any]:
+        """The events from index `start` on, as they come, ending with the run's `Finished`, `Stopped` or `Failed`;
+        while the run waits in line, `Waiting` now and then."""
         index, seen = start, -1
         while True:
             with self.changed:
-                while index >= len(self.events) and not self._unseen(seen) and not self.finished:
+                while index >= len(self.events) and not self._unseen(seen) and not self.ended:
                     if not self.changed.wait(timeout=poll_s) and self.state == "waiting":
                         break
                 fresh = self.events[index:]
                 latest = self._latest if self._unseen(seen) else None
-                seen, finished, waiting = self._version, self.finished, self.state == "waiting"
-            for event in fresh:
-                yield index, event
-                index += 1
+                seen, ended, waiting, ahead = self._version, self.ended, self.state == "waiting", self.ahead
+            yield from fresh
+            index += len(fresh)
             if latest is not None:
-                yield index, latest
-            if finished:
+                yield latest
+            if ended:
                 return
             if waiting and not fresh:
-                yield index, None
+                yield Waiting(ahead)
 
-    def _unseen(self, version: int) -> bool:
-        """A transient event newer than `version` waits to be reported."""
-        return self._latest is not None and self._version != version
+    def stop(self) -> str | None:
+        """Stop the run: a waiting one leaves the line at once and never trains, a running one stops after its
+        current batch. Returns the state it was in ("waiting", "running"), or None when it had already ended."""
+        with self.changed:
+            state = None if self.ended else self.state
+        if state == "waiting" and self._leave_line is not None and self._leave_line(self):
+            return state
+        if state is not None:
+            self._stop.set()
+        return state
 
     def should_stop(self) -> bool:
         """The work's poll after each batch: Stop was pressed, or the run has trained `limit_s` seconds."""
@@ -145,15 +289,8 @@ class Run:
             self._stop.set()
         return self._stop.is_set()
 
-    def raise_error(self) -> None:
-        """Raise a copy of the run's error, if it failed (each follower gets its own, holding no frames)."""
-        if self.error is None:
-            return
-        try:
-            error = copy.copy(self.error)
-        except Exception:  # an exception type that cannot be rebuilt from its args
-            error = RuntimeError(str(self.error))
-        raise error
+    def _unseen(self, version: int) -> bool:
+        return self._latest is not None and self._version != version
 
     def _add(self, event: Any) -> None:
         with self.changed:
@@ -165,15 +302,31 @@ class Run:
             self._version += 1
             self.changed.notify_all()
 
-    def _set(self, state: str, error: BaseException | None = None) -> None:
+    def _start(self) -> None:
         with self.changed:
-            self.state, self.error = state, _detached(error)
-            if state == "running":
-                self.started_at = time.monotonic()
-            if self.finished:
-                self.ended_at = time.monotonic()
+            self.state, self.started_at = "running", time.monotonic()
             self._version += 1
             self.changed.notify_all()
+
+    def _end(self, outcome: Finished | Stopped | Failed) -> None:
+        with self.changed:
+            self.events.append(outcome)
+            self._latest = None
+            self.state = {Finished: "finished", Stopped: "stopped", Failed: "failed"}[type(outcome)]
+            self.ended_at = time.monotonic()
+            self._version += 1
+            self.changed.notify_all()
+
+    def _outcome_of(self, error: BaseException) -> Stopped | Failed:
+        if not isinstance(error, TrainingCancelled):
+            return Failed(_detached(error))
+        if self._timed_out:
+            return Stopped(
+                f"training stopped at the time limit of {_duration(self.limit_s)} of training since the run got the "
+                "training slot (max_train_s); raise HEADKIT_MAX_TRAIN_S on the server, or train fewer epochs, a "
+                "smaller image size or fewer images"
+            )
+        return Stopped(ON_REQUEST)
 
 
 def _duration(seconds: float) -> str:
@@ -182,9 +335,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
 
 
-def _detached(error: BaseException | None) -> BaseException | None:
+def _detached(error: BaseException) -> BaseException:
     """The error without tracebacks: their frames would keep the model, trainer and optimizer alive."""
-    seen = error
+    seen: BaseException | None = error
     while seen is not None:
         seen.__traceback__ = None
         seen = seen.__cause__ or seen.__context__
@@ -192,12 +345,12 @@ def _detached(error: BaseException | None) -> BaseException | None:
 
 
 class Runs:
-    """The server's runs by owner (a job folder), started in threads that wait their turn, in order, for `slots`."""
+    """The server's runs by owner (a job folder), each in its own thread, waiting their turn, in order, for `slots`."""
 
     def __init__(self, slots: int = 1, *, limits: Limits | None = None) -> None:
         self.slots = slots
         self.limits = limits or Limits()
-        self._runs: list[tuple[str, Run]] = []  # (owner, run), oldest first: unfinished and kept finished runs
+        self._runs: list[tuple[str, Run]] = []  # (owner, run), oldest first: unended and kept ended runs
         self._line: list[Run] = []  # waiting and running runs, in order
         self._turn = threading.Condition()  # guards both lists
 
@@ -206,60 +359,61 @@ class Runs:
         with self._turn:
             return next((run for who, run in reversed(self._runs) if who == str(owner)), None)
 
-    def admit(self, owner: str | Path, limits: Limits | None = None) -> None:
-        """Refuse a new run for `owner` now if it would be refused by `start` (call before costly preparation).
+    def admit(self, owner: str | Path) -> None:
+        """Refuse a new run for `owner` now if `start` would (call it before costly preparation).
 
         Raises:
             LimitExceeded: the owner has `max_queued_runs_per_client` runs, or `max_queued_runs` runs are waiting.
         """
         with self._turn:
-            self._admit(str(owner), limits or self.limits)
+            self._admit(str(owner))
 
-    def start(self, owner: str | Path, work: Work, *, limits: Limits | None = None) -> Run:
-        """Start `work(stop)` (an event iterator polling `stop()` after each batch) in a thread once a slot is free.
-
-        The run stops at `limits.max_train_s` seconds after it got its slot (`stop()` turns True).
+    def start(self, owner: str | Path, request: TrainingRequest | None, work: Work) -> Run:
+        """Start a run of `work(request, stop, report)` in a thread once a slot is free; it stops at
+        `max_train_s` seconds after it got its slot (`stop()` turns True). The thread runs in a copy of the caller's
+        context (contextvars), so a `spaces.GPU` call inside it still knows the request that started it.
 
         Raises:
             LimitExceeded: the owner has `max_queued_runs_per_client` runs, or `max_queued_runs` runs are waiting.
         """
-        self.limits = limits or self.limits
         with self._turn:
-            self._admit(str(owner), self.limits)
-            run = Run(limit_s=self.limits.max_train_s)
+            self._admit(str(owner))
+            run = Run(request, limit_s=self.limits.max_train_s, _leave_line=self._leave_line)
             self._runs.append((str(owner), run))
             self._line.append(run)
             self._renumber()
-        threading.Thread(target=self._run, args=(run, work), name="training-run", daemon=True).start()
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(self._run, run, work), name="training-run", daemon=True)
+        thread.start()
         return run
 
     def stop(self, owner: str | Path) -> list[str]:
-        """Stop the owner's unfinished runs: a waiting one leaves the line at once and never trains, a running one
-        stops after its current batch. Returns the states they were in ("waiting", "running"); empty: none."""
+        """Stop the owner's unended runs (see `Run.stop`); returns the states they were in, empty when none."""
         with self._turn:
-            mine = [run for who, run in self._runs if who == str(owner) and not run.finished]
-            states = [run.state for run in mine]
-            for run in mine:
-                if run.state == "waiting":
-                    self._line.remove(run)
-                    run._set("failed", RunStopped(BEFORE_START))
-                else:
-                    run._stop.set()
+            mine = [run for who, run in self._runs if who == str(owner) and not run.ended]
+        return [state for run in mine if (state := run.stop())]
+
+    def _leave_line(self, run: Run) -> bool:
+        with self._turn:
+            if run.state != "waiting" or run not in self._line:
+                return False
+            self._line.remove(run)
+            run._end(Stopped(BEFORE_START))
             self._renumber()
             self._prune()
             self._turn.notify_all()
-        return states
+            return True
 
-    def _admit(self, owner: str, limits: Limits) -> None:
-        mine = sum(who == owner and not run.finished for who, run in self._runs)
-        limits.check(
+    def _admit(self, owner: str) -> None:
+        mine = sum(who == owner and not run.ended for who, run in self._runs)
+        self.limits.check(
             "max_queued_runs_per_client",
             mine + 1,
             "training runs of yours waiting or running at once (stop yours or wait for it to end first)",
         )
         waiting = sum(run.state == "waiting" for run in self._line)
         would_wait = len(self._line) - waiting >= self.slots
-        limits.check(
+        self.limits.check(
             "max_queued_runs",
             waiting + would_wait,
             "training runs waiting for the training slot, all users together (try again once the line is shorter)",
@@ -270,6 +424,7 @@ class Runs:
         for ahead, waiting in enumerate(r for r in self._line if r.state == "waiting"):
             with waiting.changed:
                 waiting.ahead = ahead + running
+                waiting._version += 1
                 waiting.changed.notify_all()
 
     def _turn_of(self, run: Run) -> bool:
@@ -279,39 +434,30 @@ class Runs:
 
     def _run(self, run: Run, work: Work) -> None:
         with self._turn:
-            while not run.finished and not self._turn_of(run):
+            while not run.ended and not self._turn_of(run):
                 self._turn.wait()
-            if run.finished:  # stopped while it waited: already out of the line
+            if run.ended:  # stopped while it waited: already out of the line
                 return
-            run._set("running")
+            run._start()
             self._renumber()
         try:
-            for event in work(run.should_stop):
-                run._add(event)
-            run._set("done")
-        except BaseException as e:  # kept for the followers, who report it
-            run._set("failed", self._stopped_by_time(run, e))
+            work(run.request, run.should_stop, run._add)
+            outcome: Finished | Stopped | Failed = Finished()
+        except BaseException as e:  # kept for the followers, who show it
+            outcome = run._outcome_of(e)
         finally:
             with self._turn:
                 self._line.remove(run)
-                self._renumber()
-                self._prune()
-                self._turn.notify_all()
-
-    @staticmethod
-    def _stopped_by_time(run: Run, error: BaseException) -> BaseException:
-        if not (run._timed_out and isinstance(error, TrainingCancelled)):
-            return error
-        return RunStopped(
-            f"training stopped at the time limit of {_duration(run.limit_s)} of training since the run got the "
-            "training slot (max_train_s); raise HEADKIT_MAX_TRAIN_S on the server, or train fewer epochs, a smaller "
-            "image size or fewer images"
-        )
+        run._end(outcome)
+        with self._turn:
+            self._renumber()
+            self._prune()
+            self._turn.notify_all()
 
     def _prune(self) -> None:
-        """Drop finished runs a newer run of their owner hides, then the oldest beyond `max_kept_runs`."""
+        """Drop ended runs a newer run of their owner hides, then the oldest beyond `max_kept_runs`."""
         latest = {who: run for who, run in self._runs}
-        self._runs = [(who, run) for who, run in self._runs if not run.finished or latest[who] is run]
-        done = sorted((run.ended_at, id(run)) for _, run in self._runs if run.finished)
+        self._runs = [(who, run) for who, run in self._runs if not run.ended or latest[who] is run]
+        done = sorted((run.ended_at, id(run)) for _, run in self._runs if run.ended)
         dropped = {key for _, key in done[: max(len(done) - self.limits.max_kept_runs, 0)]}
         self._runs = [(who, run) for who, run in self._runs if id(run) not in dropped]

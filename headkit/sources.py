@@ -1,6 +1,6 @@
 """Where weights come from: a local path, the operator's weights folder, or the Hugging Face Hub.
 
-Two kinds of caller reach the Hub through `resolve`:
+Two sorts of caller reach the Hub through `resolve`:
 
 - a local user or the operator (`headkit.load_model`, `headkit.load_head`): requests carry `HF_TOKEN`, their own token;
 - a visitor of the app, whose typed `hf://` head address is downloaded with `anonymous=True` (never the server's

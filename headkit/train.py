@@ -15,11 +15,11 @@ import torch
 from .base import clone_model, ensure_detect_base
 from .headfile import Head, extract_head
 from .kinds import PLAIN, resolve_branch
-from .merge import merge
+from .merging import merge
 from .posehead import detect_head_from_pose, train_pose_head
 from .progress import TrainingCancelled, TrainProgress, train_reporting  # noqa: F401 (callers catch it from here)
 from .runfiles import RunFiles
-from .trunk import detection_model, head_index
+from .trunk import base_facts, detection_model
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _data_yaml(data: str | Path, base) -> Path:
         return path
     from .datasets import load_dataset
 
-    base_names = detection_model(base).names.values()
+    base_names = base_facts(base).names.values()
     return load_dataset(path, base_names=base_names).yaml_path
 
 
@@ -141,7 +141,7 @@ def _settings(
         "imgsz": imgsz,
         "batch": batch,
         "device": device,
-        "freeze": head_index(base) if start is None else start,
+        "freeze": base_facts(base).head_index if start is None else start,
         "project": str(Path(project or "runs/headkit").resolve()),
         "name": name,
         "exist_ok": True,

@@ -1,9 +1,17 @@
-"""The trunk: every layer before the Detect head. Its identity (fingerprint) is what lets heads be shared safely."""
+"""The trunk: every layer before the Detect head. Its identity (fingerprint) is what lets heads be shared safely.
+
+What every module asks of a model (its inner DetectionModel, head index, the Detect's inputs and layout, class names,
+trunk fingerprint) is worked out once per model object by `base_facts` and kept on the model, so a base passed through
+loading, training, extraction and merging is read once, not at every stop.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -11,6 +19,8 @@ from ultralytics.nn.modules.head import Detect
 
 # Bookkeeping counters, not weights: they change during training without changing a single output.
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
+FACTS_ATTRIBUTE = "headkit_facts"
+"""Where a YOLO wrapper keeps its `BaseFacts` (never on the inner model: that one is pickled into checkpoints)."""
 
 
 def detection_model(model) -> nn.Module:
@@ -23,13 +33,123 @@ def detection_model(model) -> nn.Module:
     raise TypeError(f"expected an ultralytics YOLO model or DetectionModel, got {type(model).__name__}")
 
 
+@dataclass(frozen=True, eq=False)
+class BaseFacts:
+    """What headkit asks of a detection model, worked out once per model object (see `base_facts`).
+
+    Attributes:
+        inner: the `DetectionModel`.
+        head_index: index of the (last) Detect layer: 22 for YOLOv8, 23 for YOLO11, read, never assumed.
+        detect: that layer (a `ConcatHead` on a merged model).
+        detect_from: the layers whose outputs it reads.
+        channels: their widths, the Detect's input channels (a merged model's: its first head's).
+        strides: the Detect's strides in pixels, one per input.
+        reg_max: box distribution bins per side.
+        end2end: the Detect has a one-to-one (NMS-free) branch, as YOLO26's has.
+        names: class id -> name.
+    """
+
+    inner: nn.Module = field(repr=False)
+    head_index: int
+    detect: nn.Module = field(repr=False)
+    detect_from: tuple[int, ...]
+    channels: tuple[int, ...]
+    strides: tuple[float, ...]
+    reg_max: int
+    end2end: bool
+    names: Mapping[int, str]
+    stamp: tuple = field(repr=False)
+    _fingerprints: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def layers(self) -> nn.Sequential:
+        return self.inner.model
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the whole trunk (every layer before the head); see `fingerprint`."""
+        return self.trunk_fingerprint()
+
+    def trunk_fingerprint(self, upto: int | None = None) -> str:
+        """sha256 of the layers before `upto` (default: the head), computed once per model and layer."""
+        upto = self.head_index if upto is None else upto
+        if upto not in self._fingerprints:
+            self._fingerprints[upto] = _hash_trunk(self.inner, upto)
+        return self._fingerprints[upto]
+
+
+def base_facts(model) -> BaseFacts:
+    """The model's `BaseFacts`: kept on a YOLO wrapper after the first ask, worked out again only if it changed.
+
+    The kept record is checked against a stamp of the model (its layers, class table, and each tensor's storage and
+    version counter, which every in-place write bumps: an optimizer step, `load_state_dict`, `fuse`), so a model
+    changed in place, or given a new inner model (Ultralytics' `train` does that), gets fresh facts. A bare
+    DetectionModel keeps nothing (anything set on it would be pickled with it), and `headkit.base.clone_model` leaves
+    the record behind, so a copy that is then trained never reuses its original's.
+    """
+    kept = getattr(model, FACTS_ATTRIBUTE, None)
+    if isinstance(kept, BaseFacts) and getattr(model, "model", None) is kept.inner and kept.stamp == _stamp(kept.inner):
+        return kept
+    inner = detection_model(model)
+    facts = _work_out(inner, _stamp(inner))
+    if model is not inner:
+        setattr(model, FACTS_ATTRIBUTE, facts)
+    return facts
+
+
+def _stamp(inner: nn.Module) -> tuple:
+    tensors = tuple((t.data_ptr(), t._version) for t in itertools.chain(inner.parameters(), inner.buffers()))
+    return tuple(map(id, inner.model)), id(getattr(inner, "names", None)), tensors
+
+
+def _work_out(inner: nn.Module, stamp: tuple) -> BaseFacts:
+    layers = inner.model
+    index = next(
+        (layer.i for layer in reversed(layers) if isinstance(layer, Detect) or type(layer).__name__ == "ConcatHead"),
+        None,
+    )
+    if index is None:
+        raise ValueError("this model has no Detect head; expected an Ultralytics detection model")
+    detect = layers[index]
+    first = detect.heads[0] if isinstance(getattr(detect, "heads", None), nn.ModuleList) else detect
+    first = getattr(first, "detect", first)  # a Branch head's Detect
+    cv2 = getattr(first, "cv2", None)
+    return BaseFacts(
+        inner=inner,
+        head_index=index,
+        detect=detect,
+        detect_from=tuple(int(i) for i in ([detect.f] if isinstance(detect.f, int) else detect.f)),
+        channels=tuple(int(branch[0].conv.in_channels) for branch in cv2) if cv2 is not None else (),
+        strides=tuple(float(s) for s in detect.stride),
+        reg_max=int(detect.reg_max),
+        end2end=getattr(first, "one2one_cv2", None) is not None,
+        names=MappingProxyType({int(k): str(v) for k, v in (getattr(inner, "names", None) or {}).items()}),
+        stamp=stamp,
+    )
+
+
 def head_index(model) -> int:
-    """Index of the (last) Detect layer, read from the model: 22 for YOLOv8, 23 for YOLO11, never assumed."""
-    layers = detection_model(model).model
-    for layer in reversed(layers):
-        if isinstance(layer, Detect) or type(layer).__name__ == "ConcatHead":
-            return layer.i
-    raise ValueError("this model has no Detect head; expected an Ultralytics detection model")
+    """Index of the (last) Detect layer: 22 for YOLOv8, 23 for YOLO11, never assumed."""
+    return base_facts(model).head_index
+
+
+def layer_state(model, start: int, end: int | None = None, *, counters: bool = True) -> dict[str, torch.Tensor]:
+    """State of layers `start`..end-1 (default: up to the head), keyed `<layer>.<name>`.
+
+    Args:
+        counters: keep BatchNorm's `num_batches_tracked` (a bookkeeping counter, not a weight).
+    """
+    facts = base_facts(model)
+    end = facts.head_index if end is None else end
+    return _layer_state(facts.inner, start, end, counters=counters)
+
+
+def _layer_state(inner: nn.Module, start: int, end: int, *, counters: bool) -> dict[str, torch.Tensor]:
+    return {
+        key: value
+        for key, value in inner.model.state_dict().items()
+        if start <= int(key.split(".", 1)[0]) < end and (counters or not key.endswith(_IGNORED_SUFFIXES))
+    }
 
 
 def trunk_state(model, *, upto: int | None = None) -> dict[str, torch.Tensor]:
@@ -37,34 +157,28 @@ def trunk_state(model, *, upto: int | None = None) -> dict[str, torch.Tensor]:
 
     A branch head owns the layers from its branch start on, so its trunk (the shared part) ends there.
     """
-    index = head_index(model) if upto is None else upto
-    return {
-        key: value
-        for key, value in detection_model(model).model.state_dict().items()
-        if int(key.split(".", 1)[0]) < index and not key.endswith(_IGNORED_SUFFIXES)
-    }
-
-
-def _is_fused(model, upto: int | None = None) -> bool:
-    trunk = detection_model(model).model[: head_index(model) if upto is None else upto]
-    convs = [m for m in trunk.modules() if type(m).__name__ in {"Conv", "DWConv", "Conv2"}]
-    return bool(convs) and not any(hasattr(m, "bn") for m in convs)
+    return layer_state(model, 0, upto, counters=False)
 
 
 def fingerprint(model, *, upto: int | None = None) -> str:
     """sha256 over the trunk (layers before `upto`, default the head): sorted keys, shapes and float32 bytes, so
-    fp16/fp32 copies of one trunk agree.
+    fp16/fp32 copies of one trunk agree. Computed once per model and `upto` (`BaseFacts.trunk_fingerprint`).
 
     Raises:
         ValueError: the model was fused (BatchNorm folded into convs), which changes its tensors.
     """
-    if _is_fused(model, upto):
+    return base_facts(model).trunk_fingerprint(upto)
+
+
+def _hash_trunk(inner: nn.Module, upto: int) -> str:
+    convs = [m for m in inner.model[:upto].modules() if type(m).__name__ in {"Conv", "DWConv", "Conv2"}]
+    if convs and not any(hasattr(m, "bn") for m in convs):
         raise ValueError(
             "this model's BatchNorm layers were fused into its convolutions, so its trunk can no longer be "
             "fingerprinted; load the model again (headkit.load_model) and use the unfused copy"
         )
     digest = hashlib.sha256()
-    for key, value in sorted(trunk_state(model, upto=upto).items()):
+    for key, value in sorted(_layer_state(inner, 0, upto, counters=False).items()):
         tensor = value.detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{key}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.numpy().tobytes())

@@ -198,6 +198,8 @@ def test_a_run_outlives_its_client_and_is_found_again_with_the_key(app, base_nam
 
 
 def test_stop_works_from_a_reopened_session(app, base_name, plates_zip):
+    """Stop, through the app (the library and the run layer: test_faults.py, test_runs.py): pressed on a reopened
+    page, it ends the run its key started elsewhere, and no head is registered."""
     first = Client(app.url, verbose=False)
     key = first.predict("", base_name, api_name="/resume")[0]
     job = first.submit(base_name, handle_file(plates_zip), 100, 160, 4, False, "head", api_name="/train_head")
@@ -215,6 +217,7 @@ def test_stop_works_from_a_reopened_session(app, base_name, plates_zip):
     assert again.predict(api_name="/stop_training") == "Stopping after the current batch…"
     status = follow.result()[1]
     assert status == "Training stopped on request; no head was saved."
+    assert not [e for e in again.predict(base_name, api_name="/list_heads")[0] if e["origin"] == "session"]
 
 
 def test_forgetting_side_by_side(client, app, base_name, plates_zip, bus_jpg):
@@ -284,8 +287,9 @@ def test_without_a_base_the_app_starts_and_says_how_to_fix_it(tmp_path, base_wei
 
 ZERO_GPU_CHECK = """
 import json, spaces, app
-assert app.train_on_device.gpu_duration is app._gpu_seconds, "training must run inside one spaces.GPU call"
-assert app._gpu_seconds("base", "data.yaml", "job", 1, 160, 4, False, 42) == 42
+assert app.train_on_gpu.gpu_duration is app._gpu_seconds, "training must run inside one spaces.GPU call"
+request = app.TrainingRequest("base", "data.yaml", "job", "plates", 1, 160, 4, gpu_seconds=42)
+assert app._gpu_seconds(request) == 42
 fits = app.estimate_training(app.BASE, {"train": 8, "val": 4}, 1, 640, 16)
 refused = app.estimate_training(app.BASE, {"train": 5000, "val": 500}, 300, 1280, 16)
 print(json.dumps([fits, refused]))

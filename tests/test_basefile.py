@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import headkit
 from headkit.basefile import METADATA_KEY, identify, load_base, save_base
-from headkit.merge import check_head_fits
+from headkit.merging import check_head_fits
 from headkit.settings import DEFAULT_BASE
 
 EMBEDDED = REPO / "weights" / "bases" / DEFAULT_BASE
@@ -72,7 +72,7 @@ def test_shipped_heads_fit_and_keep_every_base_detection(embedded):
 
 
 def test_a_head_trains_on_it(tmp_path, embedded, plates_dir):
-    result, _ = tiny_training(tmp_path, embedded, plates_dir)
+    result, _ = tiny_training(tmp_path, embedded, plates_dir, imgsz=96, plots=False)
     assert result.head.base_fingerprint == headkit.fingerprint(embedded)
     assert result.head.metadata["base_source"] == str(EMBEDDED)
     check_head_fits(result.head, embedded)

@@ -21,7 +21,7 @@ KW = {"conf": 0.01, "max_det": 3000, "verbose": False}
 
 @pytest.fixture(scope="module")
 def branch_run(tmp_path_factory, base, plates_dir):
-    return tiny_training(tmp_path_factory.mktemp("branch_run"), base, plates_dir, branch="neck", plots=False)
+    return tiny_training(tmp_path_factory.mktemp("branch_run"), base, plates_dir, branch="neck", imgsz=96, plots=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,7 @@ def test_merged_branch_model_saves_reloads_and_exports(base, branch_head, plate_
     square = {"imgsz": 320, "rect": False, "conf": 0.25, "verbose": False}  # the export's fixed 320x320 input
     got = YOLO(str(exported.paths["onnx"])).predict(bus_jpg, **square)[0].boxes.data
     want = headkit.merge(base, branch_head).predict(bus_jpg, **square)[0].boxes.data
+    # ONNX Runtime's kernels are not torch's: the export is close, not a promise of bit-exactness.
     assert got.shape == want.shape and (got[:, :5] - want[:, :5]).abs().max() < 1e-2
 
 
@@ -155,7 +156,7 @@ def test_branch_tensors_are_checked_against_the_base_before_building(branch_head
 
 def test_keypoint_trick_with_a_branch_trains_the_branch_neck(tmp_path, base, plates_dir):
     """On a frozen trunk the keypoint loss only reached the dropped keypoint branch; with a branch it shapes the neck."""
-    result, _ = tiny_training(tmp_path, base, plates_dir, branch="neck", keypoint_trick=True, plots=False)
+    result, _ = tiny_training(tmp_path, base, plates_dir, branch="neck", keypoint_trick=True, imgsz=96, plots=False)
     head = result.head
     assert head.kind == headkit.HeadKind("keypoint-trick", 10) and head.metadata["trunk_check"]["untouched"]
     assert not any(k.startswith("cv4") for k in head.tensors)  # the keypoint branch is dropped
@@ -165,10 +166,11 @@ def test_keypoint_trick_with_a_branch_trains_the_branch_neck(tmp_path, base, pla
 
 
 def test_training_continues_from_a_branch_head(tmp_path, base, plates_dir, branch_head):
-    options = {"lr0": 0.0, "optimizer": "SGD", "warmup_epochs": 0, "plots": False}
+    options = {"lr0": 0.0, "optimizer": "SGD", "warmup_epochs": 0, "imgsz": 96, "plots": False}
     result, _ = tiny_training(tmp_path, base, plates_dir, init_head=branch_head, **options)
     assert result.head.kind.branch_start == 10
     key = "branch.12.cv1.conv.weight"
+    # Not an exactness claim: the head comes from the checkpoint's EMA weights (d·w + (1 - d)·w rounds), in fp16.
     assert torch.allclose(result.head.tensors[key].float(), branch_head.tensors[key].float(), atol=1e-4)
 
 

@@ -23,11 +23,11 @@ def shipped(tmp_path, plate_head):
 
 @pytest.fixture
 def jobs(tmp_path):
-    return headkit.JobRoot(tmp_path / "jobs", max_age_s=3600)
+    return headkit.server.JobRoot(tmp_path / "jobs", max_age_s=3600)
 
 
 def test_list_marks_what_fits_and_says_why_not(base, shipped, jobs):
-    entries = {e.key: e for e in headkit.list_heads(base, shipped_dir=shipped, job=jobs.job("s"))}
+    entries = {e.key: e for e in headkit.server.list_heads(base, shipped_dir=shipped, job=jobs.job("s"))}
 
     assert entries["license_plate"].available and entries["license_plate"].names == {0: "license_plate"}
     assert not entries["stranger"].available
@@ -50,18 +50,18 @@ def test_keys_never_reach_files_by_path(shipped, jobs, tmp_path):
 
 def test_added_heads_belong_to_their_session(base, shipped, jobs, tmp_path):
     mine, theirs = jobs.job("mine"), jobs.job("theirs")
-    key = headkit.add_head(shipped / "license_plate.safetensors", mine, name="plates")
+    key = headkit.server.add_head(shipped / "license_plate.safetensors", mine, name="plates")
 
     assert key == "session/plates"
     assert load_head_key(key, job=mine).metadata["label"] == "plates"
-    assert [e.key for e in headkit.list_heads(base, job=mine)] == ["session/plates"]
-    assert headkit.list_heads(base, job=theirs) == []
+    assert [e.key for e in headkit.server.list_heads(base, job=mine)] == ["session/plates"]
+    assert headkit.server.list_heads(base, job=theirs) == []
     with pytest.raises(FileNotFoundError, match="no head 'plates'"):
         load_head_key(key, job=theirs)
     evil = tmp_path / "head.pt"
     evil.write_bytes(b"\x80\x04pickle")
     with pytest.raises(ValueError, match=PICKLE):
-        headkit.add_head(evil, mine)
+        headkit.server.add_head(evil, mine)
 
 
 def test_heads_from_the_hub(base, plate_head, jobs, tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_heads_from_the_hub(base, plate_head, jobs, tmp_path, monkeypatch):
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         address = "hf://someone/plates/plates.safetensors"
         assert load_head_key(address).names == plate_head.names
-        key = headkit.add_head(address, jobs.job("s"))
+        key = headkit.server.add_head(address, jobs.job("s"))
     assert key == "session/plates"
     with pytest.raises(ValueError, match="heads on the Hub are .safetensors"):
         load_head_key("hf://someone/plates/README.md")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import headkit
-from headkit.compare import confidence_change, read_image
+from headkit.comparing import confidence_change, read_image
 
 BUS_NORMALS = 4  # the base finds the 4 people on bus.jpg at 640 px (see ../shared/weights/SOURCES.md)
 
@@ -99,7 +99,7 @@ def test_bad_images_and_settings_are_refused(comparer, tmp_path, bus_jpg):
 
 def test_label_previews_draw_the_boxes(tiny_plates):
     summary = headkit.load_dataset(tiny_plates)
-    previews = headkit.label_previews(summary, count=3)
+    previews = headkit.server.label_previews(summary, count=3)
 
     assert len(previews) == 3
     for image, caption in previews:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import ultralytics
 from ultralytics.nn.modules.head import Detect
@@ -10,7 +11,7 @@ from headkit.headfile import new_detect
 
 
 def test_pinned_ultralytics_version():
-    assert ultralytics.__version__ == "8.4.190", "headkit is pinned to ultralytics 8.4.190: re-check merge.py first"
+    assert ultralytics.__version__ == "8.4.190", "headkit is pinned to ultralytics 8.4.190: re-check merging.py first"
 
 
 def test_detect_output_structure():
@@ -54,14 +55,22 @@ def test_nms_caps_the_readme_cites():
 
 
 def test_class_agnostic_nms_settings_in_val():
-    """concat.guard_merged refuses exactly the settings that make validation class-agnostic."""
-    import inspect
+    """concat.guard_merged refuses exactly the settings that make validation class-agnostic: single_cls, agnostic_nms.
 
+    Two boxes on the same spot, one per class: per-class NMS keeps both, class-agnostic NMS keeps only the stronger.
+    """
     from ultralytics.models.yolo.detect.val import DetectionValidator
 
-    assert "agnostic=self.args.single_cls or self.args.agnostic_nms" in inspect.getsource(
-        DetectionValidator.postprocess
-    )
+    xywh = [[50.0, 52.0], [50.0, 50.0], [20.0, 20.0], [20.0, 20.0]]  # two anchors, IoU 0.82
+    preds = torch.tensor([[*xywh, [0.9, 0.0], [0.0, 0.8]]])  # anchor 0 scores class 0, anchor 1 class 1
+
+    def classes_kept(**args) -> list[float]:
+        validator = DetectionValidator(args=args)
+        validator.end2end = False  # what init_metrics sets for a one-to-many (NMS) model
+        return validator.postprocess(preds)[0]["cls"].tolist()
+
+    assert classes_kept() == classes_kept(single_cls=False, agnostic_nms=False) == [0.0, 1.0]
+    assert classes_kept(single_cls=True) == classes_kept(agnostic_nms=True) == [0.0]
 
 
 def test_instance_callbacks_reach_an_existing_predictor():
@@ -78,14 +87,30 @@ def test_instance_callbacks_reach_an_existing_predictor():
     assert seen == [True]
 
 
-def test_exporter_calls_on_export_start_before_writing():
-    """concat.guard_merged refuses nms=True in on_export_start: it must run before any file is written."""
-    import inspect
+def test_exporter_calls_on_export_start_before_writing(tmp_path):
+    """concat.guard_merged refuses nms=True in on_export_start: it must run before any file is written, and an
+    exception raised there must stop the export."""
+    from ultralytics import YOLO
 
-    from ultralytics.engine.exporter import Exporter
+    def tiny(name: str) -> YOLO:
+        model = YOLO("yolov8n.yaml")  # random weights, built offline; only the exporter's order matters here
+        model.model.pt_path = str(tmp_path / f"{name}.pt")  # the exporter writes beside this path
+        return model
 
-    source = inspect.getsource(Exporter.__call__)
-    assert source.index('self.run_callbacks("on_export_start")') < source.index('getattr(self, f"export_{fmt}")()')
+    written = tiny("written")
+    seen = []
+    written.add_callback("on_export_start", lambda exporter: seen.append(sorted(tmp_path.iterdir())))
+    assert written.export(format="torchscript", imgsz=64, verbose=False) == str(tmp_path / "written.torchscript")
+    assert seen == [[]]  # the callback ran once, before the file existed
+
+    def refuse(exporter):
+        raise ValueError("refused in on_export_start")
+
+    refused = tiny("refused")
+    refused.add_callback("on_export_start", refuse)
+    with pytest.raises(ValueError, match="refused in on_export_start"):
+        refused.export(format="torchscript", imgsz=64, verbose=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["written.torchscript"]
 
 
 def test_the_restricted_parser_switch_headkit_sets_exists():

@@ -50,13 +50,13 @@ def file_gets(hub: LoopbackHub) -> list[str]:
 
 
 def test_typed_address_is_fetched_without_the_server_token(hub: LoopbackHub, plate_head, tmp_path: Path):
-    head = headkit.load_head_key(PUBLIC)
+    head = headkit.server.load_head_key(PUBLIC)
     assert head.names == plate_head.names and head.base_fingerprint == plate_head.base_fingerprint
     assert file_gets(hub) == [f"/someone/plates/resolve/main/{HEAD}"]
     assert credentials(hub) == {None}
 
-    job = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600).job("visitor")
-    assert headkit.add_head(f"{PUBLIC}@main", job) == "session/license_plate"
+    job = headkit.server.JobRoot(tmp_path / "jobs", max_age_s=3600).job("visitor")
+    assert headkit.server.add_head(f"{PUBLIC}@main", job) == "session/license_plate"
     assert credentials(hub) == {None}
 
     before = len(hub.received)
@@ -66,33 +66,33 @@ def test_typed_address_is_fetched_without_the_server_token(hub: LoopbackHub, pla
 
 def test_private_head_is_not_readable_through_a_typed_address(hub: LoopbackHub, plate_head):
     with pytest.raises(FileNotFoundError, match="not found .* private: only public repositories"):
-        headkit.load_head_key(PRIVATE)
+        headkit.server.load_head_key(PRIVATE)
     assert credentials(hub) == {None} and file_gets(hub) == []
 
     assert headkit.load_head(PRIVATE).names == plate_head.names  # the operator's own call: now in the Hub cache
     before = len(hub.received)
     with pytest.raises(FileNotFoundError, match="private"):  # the cached copy is not handed to a visitor either
-        headkit.load_head_key(PRIVATE)
+        headkit.server.load_head_key(PRIVATE)
     assert credentials(hub, before) == {None}
 
 
 def test_head_over_the_size_cap_is_refused_before_its_bytes_are_fetched(hub: LoopbackHub, monkeypatch):
     monkeypatch.setenv("HEADKIT_MAX_HEAD_MB", "1")
     with pytest.raises(headkit.LimitExceeded, match=r"size on the Hub in MiB: 4\.0 is over .* HEADKIT_MAX_HEAD_MB"):
-        headkit.load_head_key(PUBLIC)
+        headkit.server.load_head_key(PUBLIC)
     with pytest.raises(headkit.LimitExceeded, match=r"\(max_head_mb\)"):
-        headkit.load_head_key(PUBLIC, limits=headkit.Limits(max_head_mb=2))
+        headkit.server.load_head_key(PUBLIC, limits=headkit.Limits(max_head_mb=2))
     assert [r.method for r in hub.received] == ["HEAD", "HEAD"] and file_gets(hub) == []
 
 
 def test_offline_keys_come_from_the_cache_and_the_cap_still_holds(hub: LoopbackHub, plate_head, monkeypatch):
-    headkit.load_head_key(PUBLIC)
+    headkit.server.load_head_key(PUBLIC)
     before = len(hub.received)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert headkit.load_head_key(PUBLIC).names == plate_head.names
+    assert headkit.server.load_head_key(PUBLIC).names == plate_head.names
     monkeypatch.setenv("HEADKIT_MAX_HEAD_MB", "1")
     with pytest.raises(headkit.LimitExceeded, match="file size in MiB"):  # checked on disk: no metadata offline
-        headkit.load_head_key(PUBLIC)
+        headkit.server.load_head_key(PUBLIC)
     assert len(hub.received) == before
 
 

@@ -50,8 +50,8 @@ def _zip(folder: Path, archive: Path, *, top: str = "") -> Path:
 def _to_roboflow(src: Path, dst: Path) -> Path:
     """Roboflow's YOLO export: train/ and valid/ each with images/ and labels/, yaml paths relative to ../"""
     for split, folder in (("train", "train"), ("val", "valid")):
-        for kind in ("images", "labels"):
-            shutil.copytree(src / kind / split, dst / folder / kind)
+        for part in ("images", "labels"):
+            shutil.copytree(src / part / split, dst / folder / part)
     (dst / "data.yaml").write_text(
         "train: ../train/images\nval: ../valid/images\n\nnc: 1\nnames: ['license_plate']\n\n"
         "roboflow:\n  workspace: demo\n  version: 1\n"
@@ -158,10 +158,10 @@ def test_roboflow_folder_is_copied_never_changed(tiny_plates: Path, tmp_path: Pa
 def test_missing_val_split_is_made_deterministically(
     tiny_plates: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    for kind in ("images", "labels"):
-        for path in (tiny_plates / kind / "val").iterdir():
-            path.rename(tiny_plates / kind / "train" / path.name)
-        (tiny_plates / kind / "val").rmdir()
+    for part in ("images", "labels"):
+        for path in (tiny_plates / part / "val").iterdir():
+            path.rename(tiny_plates / part / "train" / path.name)
+        (tiny_plates / part / "val").rmdir()
     (tiny_plates / "data.yaml").write_text("train: images/train\nnames: [license_plate]\n")
     before = _tree_hash(tiny_plates)
     first = load_dataset(tiny_plates, work_dir=tmp_path / "a", val_fraction=0.25)
@@ -311,22 +311,22 @@ def test_no_layout_is_refused(tmp_path: Path):
 # --- warnings -----------------------------------------------------------------------------------------------------
 
 
-def test_image_without_label_is_a_background_warning(tiny_plates: Path, tmp_path: Path):
-    label = _first(tiny_plates / "labels" / "train")
-    label.unlink()
+@pytest.mark.parametrize(
+    ("removed", "warned", "says", "split", "images", "labelled"),
+    [
+        ("labels/train", "images/train/{}.jpg", "background", "train", 8, 7),  # an image without a label
+        ("images/val", "labels/val/{}.txt", "without an image", "val", 3, 3),  # a label without an image: ignored
+    ],
+)
+def test_an_unpaired_image_or_label_is_warned(
+    tiny_plates: Path, tmp_path: Path, removed: str, warned: str, says: str, split: str, images: int, labelled: int
+):
+    gone = _first(tiny_plates / removed)
+    gone.unlink()
     summary = load_dataset(tiny_plates, work_dir=tmp_path / "work")
-    assert len(summary.warnings) == 1 and f"images/train/{label.stem}.jpg" in summary.warnings[0]
-    assert "background" in summary.warnings[0]
-    assert summary.splits["train"].images == 8 and summary.splits["train"].labelled == 7
-
-
-def test_label_without_image_is_warned_and_ignored(tiny_plates: Path, tmp_path: Path):
-    image = _first(tiny_plates / "images" / "val")
-    image.unlink()
-    summary = load_dataset(tiny_plates, work_dir=tmp_path / "work")
-    assert len(summary.warnings) == 1 and f"labels/val/{image.stem}.txt" in summary.warnings[0]
-    assert "without an image" in summary.warnings[0]
-    assert summary.splits["val"].images == 3
+    assert len(summary.warnings) == 1 and warned.format(gone.stem) in summary.warnings[0]
+    assert says in summary.warnings[0]
+    assert (summary.splits[split].images, summary.splits[split].labelled) == (images, labelled)
 
 
 def test_class_name_of_the_base_model_is_warned(tiny_plates: Path, caplog: pytest.LogCaptureFixture):

@@ -1,9 +1,8 @@
 """Faults: training stopped or killed registers no head, a crash mid-save keeps the last whole head, the next training
-works; in the library, in a killed process and through the app's Stop button."""
+works; in the library and in a killed process (Stop through the app: tests/test_app.py)."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_server import AppServer
-from conftest import REPO, copy_tiny_plates
-from gradio_client import Client, handle_file
+from conftest import REPO
 
 import headkit
 
@@ -33,26 +30,26 @@ def _assert_is_a_working_head(path: Path, base) -> None:
     assert headkit.merge(base, head).names == {0: "Normal", 1: "Fall", 2: "license_plate"}
 
 
-# --- Stop, in a session's job as the app runs it ---------------------------------------------------------------------
+# --- Stop, in the library (the run layer: tests/test_runs.py; the app: tests/test_app.py) --------------------------
 
 
 def test_stop_registers_no_head_and_the_next_training_works(base, tiny_plates: Path, tmp_path: Path):
-    job = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600).job("session")
-    fingerprint = headkit.fingerprint(base)
-    events = job.train(base, tiny_plates / "data.yaml", epochs=3, **TINY)
-    first_epoch = next(e for e in events if e.stage == "epoch")  # Ultralytics has saved last.pt by now
-    assert first_epoch.epoch == 1 and list(job.path.rglob("weights/last.pt")), "a checkpoint exists before the stop"
-    job.request_stop()  # the Stop button
+    """Stop after the first epoch (Ultralytics has saved last.pt by then): TrainingCancelled, no head, no checkpoint
+    left to pick up, the base untouched; the next training in the same run folder works."""
+    from headkit.train import train_head
+
+    fingerprint, epochs = headkit.fingerprint(base), []
     with pytest.raises(headkit.TrainingCancelled, match="no head was saved"):
-        list(events)
-    assert job.heads() == {} and heads_in(job.path) == []
-    assert not list(job.path.rglob("weights/*.pt")), "no checkpoint of the stopped run is left to pick up"
+        train_head(base, tiny_plates / "data.yaml", project=tmp_path / "runs", epochs=3,
+                   progress=lambda e: e.stage == "epoch" and epochs.append(e.epoch), stop=lambda: bool(epochs),
+                   **TINY)  # fmt: skip
+    assert epochs == [1] and heads_in(tmp_path) == []
+    assert not list(tmp_path.rglob("weights/*.pt")), "no checkpoint of the stopped run is left to pick up"
     assert headkit.fingerprint(base) == fingerprint, "the base is untouched by the stopped run"
 
-    *progress, result = job.train(base, tiny_plates / "data.yaml", epochs=1, **TINY)  # same job, same run folder
-    assert progress and isinstance(result, headkit.TrainResult)
-    saved = job.save_head(result.head, "plates")
-    assert job.heads() == {"plates": saved} and heads_in(job.path) == [saved]
+    result = train_head(base, tiny_plates / "data.yaml", project=tmp_path / "runs", epochs=1, **TINY)
+    saved = headkit.server.Job(tmp_path / "job").save_head(result.head, "plates")
+    assert heads_in(tmp_path) == [saved]
     _assert_is_a_working_head(saved, base)
 
 
@@ -119,14 +116,15 @@ def test_process_killed_mid_save_leaves_the_last_whole_head(plate_head, tmp_path
 _TRAIN = """
 import sys
 import headkit
+from headkit.server import Job
 
 base = headkit.load_model(sys.argv[1])
-job = headkit.Job(sys.argv[3])
-for event in job.train(base, sys.argv[2], epochs=int(sys.argv[4]), imgsz=160, batch=4, device="cpu", workers=0,
-                       plots=False):
-    if isinstance(event, headkit.TrainProgress):
-        print("\\nPROGRESS", event.stage, event.epoch, round(event.fraction, 3), flush=True)
-print("\\nSAVED", job.save_head(event.head, "plates"), flush=True)
+job = Job(sys.argv[3])
+result = headkit.train_head(
+    base, sys.argv[2], project=job.file("runs"), epochs=int(sys.argv[4]), imgsz=160, batch=4, device="cpu", workers=0,
+    plots=False, progress=lambda e: print("\\nPROGRESS", e.stage, e.epoch, round(e.fraction, 3), flush=True),
+)
+print("\\nSAVED", job.save_head(result.head, "plates"), flush=True)
 """
 
 
@@ -154,50 +152,12 @@ def test_killed_training_registers_no_head_and_the_next_run_does(
         child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL
     assert seen and seen[0].startswith("PROGRESS batch 1 "), (seen, (tmp_path / "killed.log").read_text()[-2000:])
-    assert headkit.Job(job_dir).heads() == {} and heads_in(job_dir) == []
+    assert headkit.server.Job(job_dir).heads() == {} and heads_in(job_dir) == []
 
     again = _train_in_a_process(base_weights, data, job_dir, 1, tmp_path / "again.log")
     out, _ = again.communicate(timeout=900)
     assert again.returncode == 0, (tmp_path / "again.log").read_text()[-3000:]
-    saved = headkit.Job(job_dir).heads()
+    saved = headkit.server.Job(job_dir).heads()
     assert list(saved) == ["plates"] and f"SAVED {saved['plates']}" in out
     assert heads_in(job_dir) == [saved["plates"]]
     _assert_is_a_working_head(saved["plates"], base)
-
-
-# --- the Stop button, through the app -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def app(offline_app: AppServer) -> AppServer:
-    return offline_app
-
-
-def _session_heads(client: Client, base: str) -> list[str]:
-    return [e["key"] for e in client.predict(base, api_name="/list_heads")[0] if e["origin"] == "session"]
-
-
-def test_stop_button_registers_no_head_and_the_next_training_works(
-    app: AppServer, plates_dir: Path, tmp_path: Path, base_weights: Path
-):
-    data = copy_tiny_plates(plates_dir, tmp_path / "plates")
-    archive = handle_file(shutil.make_archive(str(tmp_path / "plates"), "zip", data))
-    client, base = Client(app.url, verbose=False), str(base_weights)
-    assert _session_heads(client, base) == []
-    before = set(heads_in(app.jobs))  # the shared server holds other tests' heads
-
-    training = client.submit(base, archive, 3, 160, 4, False, api_name="/train_head")
-    deadline = time.monotonic() + 300
-    while not (training.status().progress_data or training.done()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert training.status().progress_data, "training reported progress"
-    assert "Stopping" in client.predict(api_name="/stop_training")
-    status = training.result(timeout=300)[0]
-    assert "stopped" in status.lower() and "no head was saved" in status
-    assert _session_heads(client, base) == [] and set(heads_in(app.jobs)) == before
-
-    status, _, head_file, *_ = client.predict(base, archive, 1, 160, 4, False, api_name="/train_head")
-    assert status.startswith("✅") and head_file.endswith(".safetensors")
-    assert _session_heads(client, base) == ["session/plates"]
-    assert len(set(heads_in(app.jobs)) - before) == 1
-    assert headkit.load_head(head_file).names == {0: "license_plate"}

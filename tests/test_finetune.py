@@ -33,7 +33,7 @@ def test_retention_rule():
 def tuned(tmp_path_factory, base, plates_dir):
     root = tmp_path_factory.mktemp("finetune")
     data = copy_tiny_plates(plates_dir, root / "data")
-    settings = dict(epochs=1, imgsz=160, batch=4, device="cpu", workers=0)
+    settings = dict(epochs=1, imgsz=96, batch=4, device="cpu", workers=0)
     return finetune(base, data / "data.yaml", project=root / "runs", **settings), root
 
 

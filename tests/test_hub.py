@@ -121,7 +121,7 @@ def two_class_head(plate_head):
 
 
 def test_model_card_in_full(two_class_head):
-    card = headkit.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
+    card = headkit.hub.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
     assert card == CARD.format(fp=two_class_head.base_fingerprint)
 
     data = ModelCard(card).data.to_dict()
@@ -131,7 +131,7 @@ def test_model_card_in_full(two_class_head):
 
 def test_card_of_a_local_base_names_the_file_only(plate_head):
     head = headkit.Head(plate_head.tensors, {**plate_head.metadata, "base_source": "/srv/private/models/fall.pt"})
-    card = headkit.render_model_card(head, example=None)
+    card = headkit.hub.render_model_card(head, example=None)
     front = yaml.safe_load(card.split("---")[1])
     assert "base_model" not in front
     assert "/srv/private" not in card and "`fall.pt`" in card and 'load_model("path/to/fall.pt")' in card
@@ -143,7 +143,7 @@ def test_user_text_cannot_break_the_card(plate_head):
     block, and the front matter must stay parseable."""
     names = {"0": "plate|x", "1": "a`b`c", "2": "---\nlicense: mit"}
     meta = {**plate_head.metadata, "names": names, "label": "evil\n# title", "base_source": 'x")\nimport os\n("'}
-    card = headkit.render_model_card(headkit.Head(plate_head.tensors, meta), example=None)
+    card = headkit.hub.render_model_card(headkit.Head(plate_head.tensors, meta), example=None)
     assert yaml.safe_load(card.split("---")[1])["license"] == "agpl-3.0"
     assert "| 0 | 2 | `plate\\|x` |" in card and "| 1 | 3 | ``a`b`c`` |" in card
     assert "| 2 | 4 | `--- license: mit` |" in card
@@ -171,7 +171,7 @@ def test_push_is_one_commit_that_loads_back(hub, two_class_head):
     assert set(commit["files"]) == {"plates.safetensors", "README.md", "example.jpg"}
     assert commit["token"] == TOKEN
     card = commit["files"]["README.md"].decode()
-    assert card == headkit.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
+    assert card == headkit.hub.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
     assert Image.open(io.BytesIO(commit["files"]["example.jpg"])).size == (64, 48)
 
     pulled = headkit.load_head("hf://alice/plates/plates.safetensors")

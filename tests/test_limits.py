@@ -96,7 +96,7 @@ def test_compare_refuses_sizes_and_images_over_the_limits(base, plate_head, bus_
 
 
 def test_full_session_folder_refuses_new_work_and_keeps_its_files(tmp_path, plate_head):
-    job = headkit.JobRoot(tmp_path / "jobs", max_age_s=3600).job("visitor")
+    job = headkit.server.JobRoot(tmp_path / "jobs", max_age_s=3600).job("visitor")
     saved = job.save_head(plate_head, "plates")
     (job.path / "upload.bin").write_bytes(np.zeros(2 * 2**20, np.uint8).tobytes())
     job.check_disk(headkit.Limits(max_session_mb=10))

@@ -4,31 +4,44 @@ refused or bounded, while the server keeps starting other runs."""
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import time
 import types
-import weakref
 
 import pytest
 import torch
 
 import headkit
-from headkit.base import clone_model
-from headkit.finetune import FineTuneResult
 from headkit.keys import UserKeys
-from headkit.progress import TrainingCancelled, TrainProgress
-from headkit.runs import BEFORE_START, Runs, RunStopped, SavedFineTune, SavedHead, saved
+from headkit.progress import TrainProgress
+from headkit.runs import (
+    BEFORE_START,
+    ON_REQUEST,
+    Failed,
+    Finished,
+    Runs,
+    SavedHead,
+    Stopped,
+    TrainingRequest,
+    Waiting,
+    perform,
+)
+from headkit.server import Job
+
+END = (Finished, Stopped, Failed)
 
 
 def gated(release: threading.Event, events=("a", "b"), *, started: list | None = None):
-    """A run's work that yields its first event, then waits for `release` (no training)."""
+    """A run's work that reports its first event, then waits for `release` (no training)."""
 
-    def work(stop):
+    def work(request, stop, report):
         if started is not None:
             started.append(True)
-        yield events[0]
+        report(events[0])
         release.wait(timeout=30)
-        yield from events[1:]
+        for event in events[1:]:
+            report(event)
 
     return work
 
@@ -37,126 +50,115 @@ def batches(*, seconds: float = 0.02, count: int = 10_000):
     """A run's work shaped like training: a batch report every `seconds`, polling `stop` after each, as the
     Ultralytics callbacks do; the head comes last."""
 
-    def work(stop):
+    def work(request, stop, report):
         for n in range(count):
             time.sleep(seconds)
             if stop():
-                raise TrainingCancelled("training stopped on request; no head was saved")
-            yield TrainProgress("batch", 1, 1, n / count)
-        yield "head"
+                raise headkit.TrainingCancelled(ON_REQUEST)
+            report(TrainProgress("batch", 1, 1, n / count))
+        report("head")
 
     return work
 
 
 def events_of(run) -> list:
-    return [event for _, event in run.follow(poll_s=0.05) if event is not None]
+    """What the run reported, without waiting notes and without its final outcome."""
+    return [e for e in run.follow(poll_s=0.05) if not isinstance(e, (Waiting, *END))]
 
 
 def test_a_run_keeps_going_without_followers_and_replays_from_the_start():
     runs, release = Runs(), threading.Event()
-    run = runs.start("alice", gated(release))
+    run = runs.start("alice", None, gated(release))
     first = run.follow()
-    assert next(first) == (0, "a")
+    assert next(first) == "a"
     first.close()  # the page went away
     release.set()
-    assert [event for _, event in run.follow()] == ["a", "b"] and run.state == "done"
+    assert list(run.follow()) == ["a", "b", Finished()] and run.state == "finished"
 
 
 def test_one_slot_the_second_run_waits_and_says_so():
     runs, release = Runs(slots=1), threading.Event()
-    first = runs.start("alice", gated(release))
+    first = runs.start("alice", None, gated(release))
     opened = threading.Event()
     opened.set()
-    second = runs.start("bob", gated(opened, events=("c",)))
+    second = runs.start("bob", None, gated(opened, events=("c",)))
     follower = second.follow(poll_s=0.05)
-    assert next(follower) == (0, None) and second.state == "waiting" and second.ahead == 1
+    assert next(follower) == Waiting(ahead=1) and second.state == "waiting"
     release.set()
-    assert [event for _, event in first.follow()] == ["a", "b"]
-    assert [event for _, event in follower if event is not None] == ["c"]
+    assert list(first.follow()) == ["a", "b", Finished()]
+    assert [e for e in follower if not isinstance(e, Waiting)] == ["c", Finished()]
 
 
 def test_a_second_run_of_one_client_is_refused_and_errors_are_kept():
     runs, release = Runs(), threading.Event()
-    runs.start("alice", gated(release))
+    runs.start("alice", None, gated(release))
     with pytest.raises(headkit.LimitExceeded, match=r"of yours waiting or running at once.*max_queued_runs_per_client"):
-        runs.start("alice", gated(release))
+        runs.start("alice", None, gated(release))
     release.set()
 
-    def broken(stop):
-        yield "a"
+    def broken(request, stop, report):
+        report("a")
         raise OSError("disk full")
 
-    run = runs.start("carol", broken)
-    assert [event for _, event in run.follow()] == ["a"]
-    assert run.state == "failed" and isinstance(run.error, OSError) and run.error.__traceback__ is None
-    with pytest.raises(OSError, match="disk full"):
-        run.raise_error()
+    run = runs.start("carol", None, broken)
+    *reported, outcome = run.follow()
+    assert reported == ["a"] and run.state == "failed" and isinstance(outcome, Failed)
+    assert isinstance(outcome.error, OSError) and outcome.message == "disk full" and outcome.error.__traceback__ is None
 
 
 def test_the_line_is_bounded_for_all_clients_and_reopens():
     runs, release = Runs(limits=headkit.Limits(max_queued_runs=2)), threading.Event()
-    running = runs.start("owner-0", gated(release))
-    waiting = [runs.start(f"owner-{n}", gated(release)) for n in (1, 2)]
+    running = runs.start("owner-0", None, gated(release))
+    waiting = [runs.start(f"owner-{n}", None, gated(release)) for n in (1, 2)]
     with pytest.raises(
         headkit.LimitExceeded, match=r"all users together.*: 3 is over the limit of 2 \(max_queued_runs\)"
     ):
-        runs.start("owner-3", gated(release))
+        runs.start("owner-3", None, gated(release))
     assert runs.stop("owner-2")  # one leaves the line: there is room again
-    late = runs.start("owner-3", gated(release))
+    late = runs.start("owner-3", None, gated(release))
     release.set()
     assert all(events_of(run) == ["a", "b"] for run in (running, waiting[0], late))
 
 
 def test_a_run_stops_at_its_time_limit_and_frees_the_slot():
     runs = Runs(limits=headkit.Limits(max_train_s=0.3))
-    endless = runs.start("mallory", batches())
+    endless = runs.start("mallory", None, batches())
     opened = threading.Event()
     opened.set()
-    after = runs.start("bob", gated(opened))
+    after = runs.start("bob", None, gated(opened))
     started = time.monotonic()
-    with pytest.raises(
-        RunStopped, match=r"stopped at the time limit of 0.3 s of training .*max_train_s.*raise HEADKIT_MAX_TRAIN_S"
-    ):
-        for _ in events_of(endless):
-            pass
-        endless.raise_error()
+    outcome = list(endless.follow(poll_s=0.05))[-1]
+    assert isinstance(outcome, Stopped) and endless.state == "stopped"
+    assert re.search(r"stopped at the time limit of 0.3 s of training .*max_train_s.*raise HEADKIT_MAX_TRAIN_S",
+                     outcome.message)  # fmt: skip
     assert time.monotonic() - started < 5 and "head" not in endless.events  # stopped between batches, nothing saved
-    assert events_of(after) == ["a", "b"] and after.state == "done"  # the next run got the slot
+    assert events_of(after) == ["a", "b"] and after.state == "finished"  # the next run got the slot
 
 
-def test_stop_while_waiting_takes_the_run_out_of_the_line_before_it_trains():
+def test_stop_takes_a_waiting_run_out_of_the_line_and_ends_a_running_one_after_its_batch():
+    """Stop, at the run layer: a waiting run never starts; a running one ends between batches, saying so."""
     runs, release, ran = Runs(), threading.Event(), []
-    first = runs.start("alice", gated(release))
-    second = runs.start("bob", gated(release, started=ran))
-    third = runs.start("carol", gated(release))
+    first = runs.start("alice", None, batches())
+    second = runs.start("bob", None, gated(release, started=ran))
+    third = runs.start("carol", None, gated(release))
     assert second.state == "waiting" and third.ahead == 2
     assert runs.stop("bob") == ["waiting"] and runs.stop("nobody") == []
-    assert second.state == "failed" and third.ahead == 1
-    with pytest.raises(RunStopped, match=BEFORE_START):
-        events_of(second)
-        second.raise_error()
+    assert second.outcome == Stopped(BEFORE_START) and third.ahead == 1
+    follower = first.follow(poll_s=0.05)
+    assert isinstance(next(follower), TrainProgress)
+    assert first.stop() == "running" and first.stop() == "running"  # pressed twice: one stop
+    assert list(follower)[-1] == Stopped(ON_REQUEST) and first.state == "stopped" and "head" not in first.events
     release.set()
-    assert events_of(first) == events_of(third) == ["a", "b"]
+    assert events_of(third) == ["a", "b"]
     assert not ran, "the stopped run never started"
-
-
-def test_stop_while_running_ends_after_the_batch():
-    runs = Runs()
-    run = runs.start("alice", batches())
-    follower = run.follow(poll_s=0.05)
-    assert isinstance(next(follower)[1], TrainProgress)
-    assert runs.stop("alice") == ["running"]
-    with pytest.raises(TrainingCancelled, match="stopped on request"):
-        list(follower)
-        run.raise_error()
 
 
 def test_only_the_newest_finished_runs_are_kept():
     runs, opened = Runs(limits=headkit.Limits(max_kept_runs=3)), threading.Event()
     opened.set()
     for n in range(6):
-        events_of(runs.start(f"owner-{n}", gated(opened)))
-    again = runs.start("owner-5", gated(opened))  # a newer run of one owner replaces its older one
+        events_of(runs.start(f"owner-{n}", None, gated(opened)))
+    again = runs.start("owner-5", None, gated(opened))  # a newer run of one owner replaces its older one
     events_of(again)
     assert [runs.get(f"owner-{n}") is None for n in range(6)] == [True, True, True, False, False, False]
     assert runs.get("owner-5") is again and len(runs._runs) == 3
@@ -164,34 +166,26 @@ def test_only_the_newest_finished_runs_are_kept():
 
 def test_batch_progress_is_not_piled_up():
     runs = Runs()
-    run = runs.start("alice", batches(seconds=0, count=5000))
-    assert events_of(run)[-1] == "head" and len(run.events) == 1  # only the latest batch report is ever kept
+    run = runs.start("alice", None, batches(seconds=0, count=5000))
+    assert events_of(run)[-1] == "head" and len(run.events) == 2  # the head and Finished: no batch report is kept
 
 
-def test_a_finished_run_keeps_records_only(tmp_path, base, plate_head):
-    """A real head and a real fine-tuned model go through a run; what stays is paths, numbers and names."""
-    job, gone = headkit.Job(tmp_path / "job"), []
-
-    def work(stop):
-        def results():
-            yield TrainProgress("epoch", 1, 1, 1.0, metrics={"metrics/mAP50(B)": 0.5})
-            head = headkit.Head({k: v.clone() for k, v in plate_head.tensors.items()}, dict(plate_head.metadata))
-            yield headkit.TrainResult(head, {"all": {"mAP50": 0.5}}, tmp_path, seconds=3.0)
-            model = clone_model(base)
-            gone.extend(weakref.ref(x) for x in (head, next(iter(head.tensors.values())), model, model.model))
-            yield FineTuneResult(model, 0.25, seconds=7.0)
-
-        return saved(job, "plates", results(), finetune_next=True)
-
-    run = Runs().start("alice", work)
-    kept = events_of(run)
-    assert [type(e) for e in kept] == [TrainProgress, SavedHead, SavedFineTune] and run.state == "done"
-    head, finetuned = kept[1:]
-    assert head.path == job.heads()["plates"] and head.names == plate_head.names and head.finetune_next
-    assert finetuned.path == job.finetuned("plates") and (finetuned.map50, finetuned.seconds) == (0.25, 7.0)
-    del kept, head, finetuned
+def test_a_real_run_saves_its_head_and_keeps_records_only(tmp_path, base, tiny_plates):
+    """`perform` through a run, as the app starts it: a real head is trained and saved into the job; what the run
+    keeps is paths, numbers and names, no model and no tensor (the fine-tune after it: tests/test_app.py)."""
+    job = Job(tmp_path / "job")
+    request = TrainingRequest(
+        base="test", data=str(tiny_plates / "data.yaml"), job_dir=str(job.path), name="plates", epochs=1, imgsz=64,
+        batch=4, options=(("workers", 0), ("device", "cpu")),
+    )  # fmt: skip
+    run = Runs().start(job.path, request, lambda req, stop, report: perform(req, base, stop, report))
+    kept = [e for e in run.follow() if not isinstance(e, TrainProgress)]
+    assert [type(e) for e in kept] == [SavedHead, Finished] and run.state == "finished"
+    head = kept[0]
+    assert head.path == job.heads()["plates"] and head.names == {0: "license_plate"} and not head.finetune_next
+    assert headkit.load_head(head.path).names == {0: "license_plate"} and "all" in head.metrics
+    del kept, head
     gc.collect()
-    assert all(ref() is None for ref in gone), "the head's tensors and the fine-tune's model were released"
     assert not [type(x).__name__ for x in reachable(run) if isinstance(x, torch.nn.Module | torch.Tensor)]
 
 

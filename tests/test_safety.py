@@ -548,8 +548,8 @@ def test_old_job_folders_are_swept_after_the_age_the_operator_sets(tmp_path: Pat
     """HEADKIT_JOB_MAX_AGE_S sets the age; the sweep never follows a link out of the jobs folder."""
     monkeypatch.setenv("HEADKIT_JOB_MAX_AGE_S", "600")
     monkeypatch.setenv("HEADKIT_JOBS_DIR", str(tmp_path / "jobs"))
-    settings = headkit.Settings.from_env()
-    root = headkit.JobRoot(settings.jobs_dir, max_age_s=settings.job_max_age_s)
+    settings = headkit.server.Settings.from_env()
+    root = headkit.server.JobRoot(settings.jobs_dir, max_age_s=settings.job_max_age_s)
     old, recent = root.job("session-old"), root.job("session-recent")
     outside = tmp_path / "someone-elses"
     (outside / "keep.txt").parent.mkdir()

@@ -72,7 +72,7 @@ def test_ultralytics_keeps_frozen_batchnorm_in_eval(base, tiny_plates, tmp_path)
     model.train(
         data=str(tiny_plates / "data.yaml"),
         epochs=1,
-        imgsz=160,
+        imgsz=96,
         batch=4,
         workers=0,
         device="cpu",
@@ -95,13 +95,6 @@ def test_moved_trunk_is_refused_naming_the_tensor(base):
         headkit.extract_head(moved, base)
 
 
-def test_stop_cancels_and_returns_no_head(base, tiny_plates, tmp_path):
-    from headkit.train import TrainingCancelled, train_head
-
-    with pytest.raises(TrainingCancelled):
-        train_head(base, tiny_plates / "data.yaml", project=tmp_path, stop=lambda: True, **TINY)
-
-
 @pytest.mark.parametrize("arch", ["yolov8n-seg.yaml", "yolov8n-cls.yaml", "yolov10n.yaml"])
 def test_non_mergeable_bases_are_refused(arch, tiny_plates):
     from headkit.train import train_head
@@ -122,9 +115,10 @@ def test_training_can_start_from_a_head(base, tiny_head, tiny_plates, tmp_path):
         lr0=0.0,
         optimizer="SGD",
         warmup_epochs=0,
-        **TINY,
+        **(TINY | {"imgsz": 96, "plots": False}),
     )
     weights = [k for k in tiny_head.tensors if k.endswith("conv.weight")]
     assert weights
+    # Not an exactness claim: the head comes from the checkpoint's EMA weights (d·w + (1 - d)·w rounds), in fp16.
     for key in weights:
         assert torch.allclose(result.head.tensors[key].float(), tiny_head.tensors[key].float(), atol=1e-4), key

@@ -15,10 +15,11 @@ from .base import clone_model, ensure_detect_base, model_source
 from .branch import Branch, check_branch_fits_base
 from .concat import ConcatHead, guard_merged
 from .filenames import safe_name
-from .headfile import Head, check_layout, describe_detect
+from .headfile import Head, check_layout
+from .labels import clip, is_int
 from .limits import Limits, output_mb
 from .settings import current_limits
-from .trunk import detection_model, fingerprint
+from .trunk import base_facts, detection_model, fingerprint
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -41,44 +42,43 @@ def _unique_names(groups: Sequence[dict[int, str]]) -> dict[int, str]:
     return merged
 
 
-def check_head_fits(head: Head, base, *, base_fingerprint: str | None = None) -> None:
+def check_head_fits(head: Head, base) -> None:
     """Refuse a head made for another trunk or channel layout, with both sides in the message.
 
-    Everything is compared as data with the base's own facts (layout, rows, tensor shapes, fingerprint) before any
-    module is built; a head's declared layout is bounded first (`headfile.check_layout`).
+    Everything is compared as data with the base's own facts (`trunk.BaseFacts`: layout, rows, tensor shapes,
+    fingerprint) before any module is built; a head's declared layout is bounded first (`headfile.check_layout`).
     """
-    check_layout(head.metadata, f"head '{_short(str(head.metadata.get('label') or 'unnamed'))}'")
-    base_detect = detection_model(base).model[-1]
-    layout = describe_detect(base_detect)
-    label = head.label
-    ours_e2e, theirs_e2e = bool(layout["end2end"]), bool(head.metadata.get("end2end", False))
+    where = head.where
+    check_layout(head.metadata, where)
+    facts = base_facts(base)
+    ours_e2e, theirs_e2e = facts.end2end, bool(head.metadata.get("end2end", False))
     if ours_e2e != theirs_e2e:
 
         def name(e2e: bool) -> str:
             return "end-to-end (NMS-free, YOLO26)" if e2e else "one-to-many (NMS, YOLOv8/YOLO11)"
 
         raise ValueError(
-            f"head '{label}' has a {name(theirs_e2e)} Detect layout, but this base's head is {name(ours_e2e)}; a head "
+            f"{where} has a {name(theirs_e2e)} Detect layout, but this base's head is {name(ours_e2e)}; a head "
             "joins only a base of its own layout — load the base it was trained on, or train the head on this base"
         )
-    if head.channels != layout["channels"] or head.metadata["reg_max"] != layout["reg_max"]:
+    if head.channels != list(facts.channels) or head.metadata["reg_max"] != facts.reg_max:
         raise ValueError(
-            f"head '{label}' expects feature maps with {head.channels} channels (reg_max {head.metadata['reg_max']}), "
-            f"but this base provides {layout['channels']} (reg_max {layout['reg_max']}); it was made for another "
-            "model size or family — load the base it was trained on, or train the head on this base"
+            f"{where} expects feature maps with {head.channels} channels (reg_max {head.metadata['reg_max']}), but "
+            f"this base provides {list(facts.channels)} (reg_max {facts.reg_max}); it was made for another model size "
+            "or family — load the base it was trained on, or train the head on this base"
         )
-    if [float(s) for s in head.metadata["strides"]] != layout["strides"]:
+    if tuple(float(s) for s in head.metadata["strides"]) != facts.strides:
         raise ValueError(
-            f"head '{label}' expects feature maps at strides {head.metadata['strides']}, but this base's are "
-            f"{layout['strides']}; load the base it was trained on, or train the head on this base"
+            f"{where} expects feature maps at strides {head.metadata['strides']}, but this base's are "
+            f"{list(facts.strides)}; load the base it was trained on, or train the head on this base"
         )
     start = head.kind.branch_start
     if start is not None:
         check_branch_fits(head, base)
-    ours = fingerprint(base, upto=start) if start is not None else base_fingerprint or fingerprint(base)
+    ours = fingerprint(base, upto=start) if start is not None else fingerprint(base)
     if head.base_fingerprint != ours:
         raise ValueError(
-            f"head '{label}' was trained on base sha256 {str(head.base_fingerprint)[:12]}…, but this base is "
+            f"{where} was trained on base sha256 {str(head.base_fingerprint)[:12]}…, but this base is "
             f"{ours[:12]}…; load the matching base ({head.metadata.get('base_source') or 'source not recorded'}) "
             "or train the head on this base"
         )
@@ -91,19 +91,15 @@ def check_branch_fits(head: Head, base) -> None:
     base's as data (naming the first differing row) and its tensors' shapes with those layers'.
     """
     branch = head.metadata.get("branch")
-    start, layers = branch.get("start") if isinstance(branch, dict) else None, len(detection_model(base).model)
-    if not (isinstance(start, int) and 1 <= start < layers - 1):
+    start, layers = branch.get("start") if isinstance(branch, dict) else None, len(base_facts(base).layers)
+    if not (is_int(start) and 1 <= start < layers - 1):
         raise ValueError(
-            f"head '{head.label}' owns layers from {start} on, but this base has layers 0..{layers - 1}; load the base "
+            f"{head.where} owns layers from {start} on, but this base has layers 0..{layers - 1}; load the base "
             "it was trained on"
         )
     shapes = {key: tuple(value.shape) for key, value in head.tensors.items()}
-    where = f"head '{head.label}' (its own copy of layers {start}..{layers - 2})"
+    where = f"{head.where} (its own copy of layers {start}..{layers - 2})"
     check_branch_fits_base(branch, shapes, base, where)
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_merge_size(base_classes: int, heads: Sequence[Head], *, limits: Limits) -> None:
@@ -117,7 +113,7 @@ def check_merge_size(base_classes: int, heads: Sequence[Head], *, limits: Limits
     """
     limits.check("max_heads", len(heads), "extra heads in one merge")
     for k, head in enumerate(heads):
-        limits.check("max_classes", head.nc, f"classes of head {k + 1} ('{_short(head.label)}')")
+        limits.check("max_classes", head.nc, f"classes of head {k + 1} ('{clip(head.label, 60)}')")
     total = base_classes + sum(head.nc for head in heads)
     limits.check(
         "max_merged_classes", total, f"classes of the merged model ({base_classes} from the base + the heads')"
@@ -139,9 +135,9 @@ def check_output_size(model_or_counts, imgsz: int, limits: Limits | None = None)
     if isinstance(model_or_counts, tuple | list):
         classes, heads = (int(n) for n in model_or_counts)
     else:
-        inner = detection_model(model_or_counts)
-        last = inner.model[-1]
-        classes, heads = len(inner.names), len(last.heads) if isinstance(last, ConcatHead) else 1
+        facts = base_facts(model_or_counts)
+        last = facts.detect
+        classes, heads = len(facts.names), len(last.heads) if isinstance(last, ConcatHead) else 1
     size = output_mb(classes, heads, int(imgsz))
     (limits or current_limits()).check(
         "max_output_mb",
@@ -158,7 +154,7 @@ def merged_file_name(base, heads: Sequence[Head], *, keep_base_head: bool = True
     that path from its base, so `merged.export()` would have written over the base's own export, next to the base's
     weights (often a shared cache). The merged model gets a name of its own instead, where Ultralytics puts new runs.
     """
-    stem = Path(str(model_source(base) or getattr(detection_model(base), "pt_path", None) or "base")).stem
+    stem = Path(str(model_source(base) or getattr(base_facts(base).inner, "pt_path", None) or "base")).stem
     parts = ([safe_name(stem, default="base")] if keep_base_head else []) + [safe_name(h.label) for h in heads]
     return Path.cwd() / ("+".join(parts)[:120] + ".pt")
 
@@ -181,14 +177,13 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     ensure_detect_base(base)
     if not heads and not keep_base_head:
         raise ValueError("nothing to merge: give at least one head, or keep the base head")
-    base_classes = len(detection_model(base).names) if keep_base_head else 0
-    check_merge_size(base_classes, heads, limits=limits or current_limits())
-    base_fingerprint = fingerprint(base)
+    facts = base_facts(base)
+    check_merge_size(len(facts.names) if keep_base_head else 0, heads, limits=limits or current_limits())
     for head in heads:
-        check_head_fits(head, base, base_fingerprint=base_fingerprint)
+        check_head_fits(head, base)
 
     merged = clone_model(base)
-    inner = detection_model(merged)
+    inner = detection_model(merged)  # the copy's own model, rebuilt below
     old = inner.model[-1]
     parameter = next(old.parameters())
     built = [
@@ -223,8 +218,7 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     inner.yaml = {**inner.yaml, "nc": len(names)}
     merged.headkit_source = getattr(base, "headkit_source", None)
     merged.headkit_heads = [head.metadata for head in heads]
-    merged.headkit_fingerprint = base_fingerprint
     inner.pt_path = merged.ckpt_path = str(merged_file_name(base, heads, keep_base_head=keep_base_head))
     guard_merged(merged)
-    LOGGER.info("merged %d head(s) onto %s: %d classes", len(heads), base_fingerprint[:12], len(names))
+    LOGGER.info("merged %d head(s) onto %s: %d classes", len(heads), fingerprint(base)[:12], len(names))
     return merged

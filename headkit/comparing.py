@@ -25,10 +25,10 @@ from .base import clone_model
 from .concat import MAX_DET
 from .headfile import Head
 from .limits import LimitExceeded, Limits
-from .merge import check_output_size, merge
+from .merging import check_output_size, merge
 from .retention import kept_detections, rows_of
 from .settings import current_limits
-from .trunk import detection_model
+from .trunk import base_facts
 
 MODELS = ("base", "custom", "merged", "finetuned")
 
@@ -206,9 +206,7 @@ class Comparer:
 
     def video_model(self, heads: Sequence[Head], imgsz: int):
         """A merged model of its own for one video run (minutes long), so the cached ones stay free for Compare."""
-        self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
-        classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
-        check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
+        self._check_output(heads, imgsz)
         return merge(self.base, *heads) if heads else clone_model(self.base)
 
     def _check_settings(self, heads: Sequence[Head], conf: float, iou: float, imgsz: int) -> None:
@@ -216,8 +214,12 @@ class Comparer:
             raise ValueError(f"confidence and IoU thresholds are fractions in [0, 1], got conf={conf}, iou={iou}")
         if imgsz < 32:
             raise ValueError(f"image size should be at least 32 pixels, got {imgsz}")
+        self._check_output(heads, imgsz)
+
+    def _check_output(self, heads: Sequence[Head], imgsz: int) -> None:
+        """Refuse an image size over the limit, or a merged model's output over `max_output_mb`, before merging."""
         self.limits.check("max_imgsz", imgsz, "image size (model input, pixels)")
-        classes = len(detection_model(self.base).names) + sum(h.nc for h in heads)
+        classes = len(base_facts(self.base).names) + sum(h.nc for h in heads)
         check_output_size((classes, 1 + len(heads)), imgsz, self.limits)
 
     def detect(
@@ -282,7 +284,7 @@ class Comparer:
                 c = int(cls)
                 box = (float(x1), float(y1), float(x2), float(y2))
                 detections.append(Detection(name, origins[c], result.names[c], c, float(score), box))
-        nb = len(detection_model(self.base).names)
+        nb = len(base_facts(self.base).names)
         merged_base = rows["merged"][rows["merged"][:, 5] < nb]
         change, unmatched = confidence_change(rows["base"], merged_base)
         kept = {
@@ -312,7 +314,7 @@ def draw_labels(image: str | Path, names: dict[int, str]) -> np.ndarray:
     from ultralytics.data.utils import img2label_paths
     from ultralytics.utils.plotting import Annotator, colors
 
-    from .datasets import parse_label_line
+    from .labels import parse_label_line
 
     rgb = read_image(image)
     height, width = rgb.shape[:2]

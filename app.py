@@ -574,7 +574,7 @@ def shown_training(events, base: str, request: gr.Request, *, progress=None):
             saved_note = f"the head `{report['head']}` is saved" if report else "no head was saved"
             yield TrainView(status=f"{why}; {saved_note}.").values()
         elif isinstance(event, Failed):
-            raise event.error
+            raise event.fresh_error()
         elif isinstance(event, Finished):
             return
 

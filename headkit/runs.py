@@ -139,6 +139,13 @@ class Failed:
     def message(self) -> str:
         return str(self.error)
 
+    def fresh_error(self) -> BaseException:
+        """A copy of the error for a follower to raise: raising the kept one would pin the raiser's frames to it."""
+        try:
+            return copy.copy(self.error)
+        except Exception:  # an exception type that cannot be rebuilt from its args
+            return RuntimeError(self.message)
+
 
 Event = Waiting | TrainProgress | SavedHead | SavedFineTune | Finished | Stopped | Failed
 END = (Finished, Stopped, Failed)

@@ -117,11 +117,12 @@ def _hub_errors(hub_file: HubFile, settings: Settings, anonymous: bool) -> Itera
         raise FileNotFoundError(f"{hub_file}: no file '{hub_file.filename}' in '{hub_file.repo_id}'") from e
 
 
-def _check_on_hub(hub_file: HubFile, settings: Settings, token: str | bool | None, limits: Limits | None) -> None:
+def _check_on_hub(hub_file: HubFile, settings: Settings, token: str | bool | None, limits: Limits | None) -> bool:
     """Ask the Hub for the file (a HEAD, with `token`) before downloading it: readable, and not over `limits`.
 
     An error reply (no such repo, private, no such file) is raised here: huggingface_hub would fall back to a cached
-    copy, which may have been fetched with other credentials. Unreachable: the cache answers, checked on disk after.
+    copy, which may have been fetched with other credentials. Returns False when the Hub cannot be reached: then the
+    cache answers at once (huggingface_hub would retry for ~23 s first), checked on disk after.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
@@ -130,15 +131,16 @@ def _check_on_hub(hub_file: HubFile, settings: Settings, token: str | bool | Non
         size = get_hf_file_metadata(url, token=token, endpoint=settings.hf_endpoint).size
     except _unreachable() as e:
         LOGGER.warning("%s: not checked on the Hub before download (%s); checking the cached copy", hub_file, e)
-        return
+        return False
     if limits is None:
-        return
+        return True
     if size is None:
         raise ValueError(
             f"{hub_file}: the Hub did not report the file's size, so it cannot be checked against max_head_mb "
             "before downloading; download the file yourself and upload it"
         )
     limits.check("max_head_mb", size / 2**20, f"{hub_file}: size on the Hub in MiB")
+    return True
 
 
 def download(
@@ -164,8 +166,9 @@ def download(
     settings = settings or Settings.from_env()
     token = False if anonymous else settings.token
     with _hub_errors(hub_file, settings, anonymous):
+        cache_only = settings.offline
         if (anonymous or limits is not None) and not settings.offline:
-            _check_on_hub(hub_file, settings, token, limits)
+            cache_only = not _check_on_hub(hub_file, settings, token, limits)
         path = hf_hub_download(
             hub_file.repo_id,
             hub_file.filename,
@@ -173,7 +176,7 @@ def download(
             endpoint=settings.hf_endpoint,
             token=token,
             cache_dir=settings.hub_cache,
-            local_files_only=settings.offline,
+            local_files_only=cache_only,
         )
     if limits is not None:
         limits.check("max_head_mb", Path(path).stat().st_size / 2**20, f"{hub_file}: file size in MiB")

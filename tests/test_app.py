@@ -174,9 +174,9 @@ def test_a_run_outlives_its_client_and_is_found_again_with_the_key(app, base_nam
     first = Client(app.url, verbose=False)
     key, message, *_ = first.predict("", base_name, api_name="/resume")
     assert len(key) >= 30 and message == "No training run for this key yet."
-    job = first.submit(base_name, handle_file(plates_zip), 6, 160, 4, False, "head", api_name="/train_head")
+    job = first.submit(base_name, handle_file(plates_zip), 3, 160, 4, False, "head", api_name="/train_head")
     deadline = time.monotonic() + 120
-    while not any(str(update[0]).startswith("Epoch 1/6 done") for update in job.outputs()):
+    while not any(str(update[0]).startswith("Epoch 1/3 done") for update in job.outputs()):
         assert time.monotonic() < deadline and not job.done()
         time.sleep(0.2)
     job.cancel()  # the script goes away mid-run
@@ -185,7 +185,7 @@ def test_a_run_outlives_its_client_and_is_found_again_with_the_key(app, base_nam
     again = Client(app.url, verbose=False)  # later, elsewhere: a new session with the same key
     returned, status, curve, head_file, metrics, report, *_ = again.predict(key, base_name, api_name="/resume")
     assert returned == key and status.startswith("✅ Trained `session/tiny_plates") and report["head"] in status
-    assert sorted({row[0] for row in curve["data"]}) == [1, 2, 3, 4, 5, 6]  # the whole run, replayed
+    assert sorted({row[0] for row in curve["data"]}) == [1, 2, 3]  # the whole run, replayed
     assert headkit.load_head(head_file).names == {0: "license_plate"}
     assert report["head"] in [h["key"] for h in again.predict(base_name, api_name="/list_heads")[0]]
     line = again.predict(base_name, handle_file(bus_jpg), [report["head"]], 0.25, 0.7, 320, api_name="/compare")[4]

@@ -9,7 +9,7 @@ from app_server import AppServer
 from gradio_client import Client, handle_file
 from hub_server import LoopbackHub
 
-STALL_S = 20.0
+STALL_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_a_slow_base_download_blocks_no_other_base(stalled_app, base_weights, bu
     banner, info = fast.predict(str(base_weights), api_name="/load_model")
     line = fast.predict(str(base_weights), handle_file(bus_jpg), [], 0.25, 0.7, 320, api_name="/compare")[4]
     assert info["loaded"] and "largest confidence change against the base: 0" in line
-    assert time.monotonic() - started < STALL_S / 2, "the other base waited for the stalled download"
+    assert time.monotonic() - started < STALL_S - 2, "the other base waited for the stalled download"
     assert not pending.done()
     banner, info = pending.result(timeout=STALL_S * 6)
     assert not info["loaded"] and "yolov8n.pt" in banner  # the slow one still ends with a clear message

@@ -108,12 +108,12 @@ def test_a_run_survives_a_page_reload(browser, offline_app, tmp_path, plates_dir
         page.get_by_role("tab", name="Train").click()
         page.locator("#dataset input[type=file]").set_input_files(archive)
         page.get_by_text("Estimated training time").wait_for(timeout=60_000)
-        for slider, value in (("#epochs", "8"), ("#train-size", "160"), ("#batch", "4")):
+        for slider, value in (("#epochs", "4"), ("#train-size", "160"), ("#batch", "4")):
             number = page.locator(f"{slider} input[type=number]")
             number.fill(value)
             number.press("Enter")
         page.get_by_role("button", name="Train", exact=True).click()
-        page.get_by_text("Epoch 1/8 done.").wait_for(timeout=120_000)
+        page.get_by_text("Epoch 1/4 done.").wait_for(timeout=120_000)
         page.reload()
         page.get_by_role("tab", name="Train").click()
         page.get_by_text("it is now selected in Compare").wait_for(timeout=180_000)  # the same run, finished

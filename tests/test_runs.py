@@ -104,6 +104,9 @@ def test_a_second_run_of_one_client_is_refused_and_errors_are_kept():
     *reported, outcome = run.follow()
     assert reported == ["a"] and run.state == "failed" and isinstance(outcome, Failed)
     assert isinstance(outcome.error, OSError) and outcome.message == "disk full" and outcome.error.__traceback__ is None
+    with pytest.raises(OSError, match="disk full"):
+        raise outcome.fresh_error()
+    assert outcome.error.__traceback__ is None, "raising it left the kept error without frames"
 
 
 def test_the_line_is_bounded_for_all_clients_and_reopens():

@@ -2,7 +2,8 @@
 
 Each run goes the app's way: a `headkit.runs.TrainingRequest` started by `headkit.runs.Runs` (kept for reconnecting
 pages) doing `headkit.runs.perform`: the head then the comparison fine-tune, each saved into the job and kept as a
-small record. After every run: gc.collect(), then this
+small record. After every run: gc.collect(), then the bytes of every torch tensor still alive (what a leak of
+models would show) and this
 process's resident memory. Target: RSS after the last run within `--max-drift` percent of RSS after the first (the
 first run pays for Ultralytics' one-time imports and caches). Exits 1 when the target is missed.
 
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,14 +43,21 @@ def tiny_dataset(out: Path, images: int) -> Path:
     return out / "data.yaml"
 
 
+def live_tensor_mb() -> float:
+    """MiB held by every torch tensor the garbage collector can see (after a collection)."""
+    gc.collect()
+    return sum(o.numel() * o.element_size() for o in gc.get_objects() if isinstance(o, torch.Tensor)) / 2**20
+
+
 def run_memory(*, runs: int = 10, imgsz: int = 64, images: int = 4, epochs: int = 1, base=None) -> dict:
     """Train `runs` heads, each with the comparison fine-tune, through one `Runs`; RSS (MiB) after each.
 
     Returns:
-        {"rss_mb": [after run 1, after run 2, ...], "drift_percent": (last - first) / first x 100, "kept": runs kept}
+        {"rss_mb": [after run 1, ...], "tensor_mb": [after run 1, ...], "drift_percent": RSS (last - first) /
+        first x 100, "kept": runs kept}
     """
     base = base if base is not None else headkit.load_model(BASE)
-    process, line, rss = psutil.Process(), Runs(slots=1), []
+    process, line, rss, tensors = psutil.Process(), Runs(slots=1), [], []
     with tempfile.TemporaryDirectory() as folder:
         data = tiny_dataset(Path(folder) / "data", images)
         for n in range(runs):
@@ -62,12 +71,13 @@ def run_memory(*, runs: int = 10, imgsz: int = 64, images: int = 4, epochs: int 
                 pass
             if run.state != "finished":
                 raise RuntimeError(f"run {n + 1} ended {run.state}: {run.outcome}")
-            gc.collect()
+            tensors.append(live_tensor_mb())
             rss.append(process.memory_info().rss / 2**20)
-            print(f"run {n + 1}: RSS {rss[-1]:.0f} MiB", flush=True)
+            print(f"run {n + 1}: RSS {rss[-1]:.0f} MiB, live tensors {tensors[-1]:.1f} MiB", flush=True)
     drift = (rss[-1] - rss[0]) / rss[0] * 100
     print(f"drift after {runs} runs: {drift:+.1f}% of the RSS after the first ({rss[-1] - rss[0]:+.0f} MiB)")
-    return {"rss_mb": rss, "drift_percent": drift, "kept": sum(1 for _ in line._runs)}
+    print(f"live tensors: {tensors[0]:.1f} MiB after the first run, {tensors[-1]:.1f} MiB after the last")
+    return {"rss_mb": rss, "tensor_mb": tensors, "drift_percent": drift, "kept": sum(1 for _ in line._runs)}
 
 
 def main() -> int:

@@ -25,6 +25,7 @@ def _train(args: argparse.Namespace) -> None:
         name=args.name,
         init_head=init,
         branch=args.branch,
+        class_branch=args.class_branch,
         keypoint_trick=args.keypoint_trick,
     )
     result.head.metadata["label"] = args.label or Path(args.out).stem
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> None:
         default="head",
         type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
         help="'head' (Detect only, default), 'neck' (own copy of the neck too) or the first layer the head owns",
+    )
+    train.add_argument(
+        "--class-branch",
+        default="base",
+        choices=("base", "light"),
+        help="the new head's class branch: 'base' (the base's style, default) or 'light' (depthwise, as YOLO11/YOLO26)",
     )
     train.add_argument(
         "--keypoint-trick", action="store_true", help="train as a one-keypoint pose head (small objects)"

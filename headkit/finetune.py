@@ -163,6 +163,7 @@ def _base_with_classes(base, names: dict[int, str]) -> YOLO:
         legacy=layout["legacy"],
         activation=layout["activation"],
         end2end=layout["end2end"],
+        class_width=layout["class_width"],  # Ultralytics' trainer keeps the base's class-branch width
     )
     new.stride = old.stride.clone()
     new.f, new.i, new.type, new.np = old.f, old.i, old.type, sum(p.numel() for p in new.parameters())

@@ -135,6 +135,7 @@ class Head:
             legacy=self.metadata["legacy"],
             activation=self.metadata.get("activation") or DEFAULT_ACTIVATION,
             end2end=bool(self.metadata.get("end2end", False)),
+            class_width=self.metadata.get("class_width"),
         )
         detect.load_state_dict(self.detect_tensors, strict=True)
         detect.stride = torch.tensor(self.metadata["strides"], dtype=torch.float32)
@@ -173,6 +174,7 @@ def new_detect(
     legacy: bool,
     activation: dict | None = None,
     end2end: bool = False,
+    class_width: int | None = None,
 ) -> Detect:
     """Build a Detect head with an explicit layout and activation.
 
@@ -184,15 +186,74 @@ def new_detect(
         activation: as `describe_activation` writes it, e.g. {"type": "SiLU"}; default SiLU (every detect family
             Ultralytics ships).
         end2end: also build the one-to-one (NMS-free) branch, as YOLO26 heads have.
+        class_width: the class branch's hidden width, when it is not the one Ultralytics derives from `nc`: training
+            on a pretrained base keeps the base's width (80 for a 1-class head on an 80-class yolov8n). None: derived.
     """
+    derived = class_branch_width(nc, channels)
+    width = derived if class_width is None else class_width
+    if width not in class_branch_widths(channels):
+        raise ValueError(f"a class branch {width} wide does not fit feature maps of {list(channels)} channels")
+    build_nc = nc if width == derived else width  # Ultralytics derives the width from nc: build at it, then cut
     detect = Detect.__new__(Detect)
     object.__setattr__(detect, "legacy", legacy)
-    Detect.__init__(detect, nc=nc, reg_max=reg_max, end2end=end2end, ch=tuple(channels))
+    Detect.__init__(detect, nc=build_nc, reg_max=reg_max, end2end=end2end, ch=tuple(channels))
+    if build_nc != nc:
+        for branches in (detect.cv3, getattr(detect, "one2one_cv3", None) or ()):
+            for branch in branches:
+                branch[-1] = nn.Conv2d(width, nc, 1)
+        detect.nc, detect.no = nc, nc + reg_max * 4
     for module in detect.modules():
         if isinstance(module, Conv | DWConv):
             module.act = build_activation(activation or DEFAULT_ACTIVATION)
     initialize_weights(detect)  # BatchNorm eps/momentum as every Ultralytics model sets them (eps 1e-3, not 1e-5)
     return detect
+
+
+def class_branch_width(nc: int, channels: list[int]) -> int:
+    """The class branch's hidden width Ultralytics gives a Detect of `nc` classes on maps of `channels`."""
+    return max(channels[0], min(nc, 100))
+
+
+def class_branch_widths(channels: list[int]) -> range:
+    """Every hidden width a Detect on maps of `channels` can have, whatever its class count."""
+    return range(channels[0], max(channels[0], 100) + 1)
+
+
+def is_legacy(detect: Detect) -> bool:
+    """True for the YOLOv8 class branch (Conv3x3, Conv3x3, Conv1x1), False for the depthwise one of YOLO11/YOLO26."""
+    return not isinstance(detect.cv3[0][0], nn.Sequential)
+
+
+def light_detect(detect: Detect, source: Detect | None = None) -> Detect:
+    """A copy of `detect` with the depthwise class branch (legacy=False), ready to train in its place.
+
+    The box branch and DFL keep `detect`'s tensors; the class branch starts from `source`'s when that is a
+    depthwise Detect of the same shapes (a light head trained before), else fresh, with Ultralytics' class-bias prior.
+    The model attributes (`f`, `i`, `type`) are carried over, so the copy stands in `model.model[-1]`.
+    """
+    channels = [int(branch[0].conv.in_channels) for branch in detect.cv2]
+    end2end = getattr(detect, "one2one_cv2", None) is not None
+    new = new_detect(
+        detect.nc,
+        channels,
+        reg_max=detect.reg_max,
+        legacy=False,
+        activation=describe_activation(detect.cv2[0][0].act),
+        end2end=end2end,
+    )
+    new.stride = detect.stride.clone()
+    new.bias_init()  # before the box branch's tensors are copied: it also resets the box biases
+    ours = new.state_dict()
+    classes = ("cv3.", "one2one_cv3.")
+    kept = {k: v for k, v in detect.state_dict().items() if not k.startswith(classes)}
+    if source is not None and not is_legacy(source):
+        kept |= {k: v for k, v in source.state_dict().items() if k.startswith(classes)}
+    new.load_state_dict({k: v for k, v in kept.items() if k in ours and v.shape == ours[k].shape}, strict=False)
+    for attribute in ("f", "i", "type"):
+        if hasattr(detect, attribute):
+            setattr(new, attribute, getattr(detect, attribute))
+    new.np = sum(p.numel() for p in new.parameters())
+    return new.to(next(detect.parameters()).device).train(detect.training)
 
 
 DEFAULT_ACTIVATION = {"type": "SiLU"}
@@ -244,7 +305,8 @@ def describe_detect(facts: BaseFacts) -> dict[str, Any]:
         "channels": list(facts.channels),
         "reg_max": facts.reg_max,
         "strides": list(facts.strides),
-        "legacy": not isinstance(detect.cv3[0][0], nn.Sequential),
+        "legacy": is_legacy(detect),
+        "class_width": int(detect.cv3[0][-1].in_channels),
         "activation": describe_activation(detect.cv2[0][0].act),
         "end2end": facts.end2end,
     }
@@ -352,6 +414,13 @@ def check_layout(metadata: dict[str, Any], where: str) -> None:
             f"{where}: metadata 'strides' {shown(strides, 60)} should be {len(channels)} numbers in (0, {MAX_STRIDE}], one "
             "per feature map"
         )
+    width = metadata.get("class_width")
+    if width is not None and not (is_int(width) and width in class_branch_widths(channels)):
+        widths = class_branch_widths(channels)
+        raise ValueError(
+            f"{where}: metadata 'class_width' {shown(width, 60)} should be an integer in {widths.start}..{widths.stop - 1} "
+            "for these feature maps"
+        )
     for key in ("legacy", "end2end"):
         if not isinstance(metadata.get(key, key == "end2end" or None), bool):
             raise ValueError(f"{where}: metadata '{key}' should be true or false, got {shown(metadata.get(key), 60)}")
@@ -380,6 +449,7 @@ def declared_detect(metadata: dict[str, Any], where: str, limits: Limits) -> dic
             legacy=metadata["legacy"],
             activation=metadata.get("activation") or DEFAULT_ACTIVATION,
             end2end=bool(metadata.get("end2end", False)),
+            class_width=metadata.get("class_width"),
         )
     state = detect.state_dict()
     size = sum(value.numel() * 4 for value in state.values()) / 2**20  # built in float32
@@ -546,6 +616,7 @@ def _read_legacy_state_dict(path: Path, base, names: dict[int, str] | None, limi
         "trained_with": LEGACY_PTH,
     }
     metadata["legacy"] = "cv3.0.0.conv.weight" in stripped
+    metadata["class_width"] = int(stripped["cv3.0.2.weight"].shape[1]) if "cv3.0.2.weight" in stripped else None
     head = Head(stripped, metadata)
     try:
         head.build()

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.modules.head import Detect
 
 from .base import clone_model, ensure_detect_base
-from .headfile import Head, extract_head
+from .headfile import Head, extract_head, is_legacy, light_detect
 from .kinds import PLAIN, resolve_branch
 from .merging import merge
 from .posehead import detect_head_from_pose, train_pose_head
@@ -22,6 +24,7 @@ from .runfiles import RunFiles
 from .trunk import base_facts, detection_model
 
 LOGGER = logging.getLogger(__name__)
+CLASS_BRANCHES = ("base", "light")
 
 
 @dataclass
@@ -78,6 +81,7 @@ def train_head(
     keypoint_trick: bool = False,
     init_head: Head | None = None,
     branch: str | int = "head",
+    class_branch: str = "base",
     **overrides: Any,
 ) -> TrainResult:
     """Train a new head for the dataset's classes on the base's frozen layers with Ultralytics' own trainer.
@@ -101,14 +105,25 @@ def train_head(
         init_head: start from this head's weights instead of the base head's (e.g. to go on training a head at a
             larger image size); it must fit the base, and its branch decides the branch.
         branch: "head", "neck" or a layer index (see `headkit.kinds.resolve_branch`).
+        class_branch: "base" builds the new Detect like the base's; "light" gives it the depthwise class branch of
+            YOLO11/YOLO26 (`legacy=False`: fewer parameters and FLOPs) on any base. With `init_head`, that head's
+            layout decides.
         **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
     """
     ensure_detect_base(base)
     start = init_head.kind.branch_start if init_head is not None else resolve_branch(base, branch)
+    light = _light_class_branch(base, class_branch, init_head)
+    if light and keypoint_trick:
+        raise ValueError(
+            "class_branch='light' on this base is not available with keypoint_trick=True (the pose variant is built "
+            "from the base's own architecture); train with class_branch='base', or without the keypoint trick"
+        )
     yaml_path = _data_yaml(data, base)
     settings = _settings(
         base, yaml_path, start, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=project, name=name
     )
+    if light:
+        settings["trainer"] = LightHeadTrainer
     settings.update(overrides)
     started = time.perf_counter()
     if keypoint_trick:
@@ -127,6 +142,44 @@ def train_head(
         head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start)
     LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
     return TrainResult(head=head, metrics=metrics, run_dir=run_dir, seconds=seconds)
+
+
+def _light_class_branch(base, class_branch: str, init_head: Head | None) -> bool:
+    """Whether the run must swap in a depthwise class branch: asked for (or the init head has one) on a base without.
+
+    Raises:
+        ValueError: an unknown choice, or "light" with a base-style `init_head` on a YOLOv8-style base.
+    """
+    choice = class_branch.strip().lower() if isinstance(class_branch, str) else class_branch
+    if choice not in CLASS_BRANCHES:
+        raise ValueError(f"class_branch={class_branch!r}: expected one of {', '.join(map(repr, CLASS_BRANCHES))}")
+    if not is_legacy(base_facts(base).detect):
+        return False  # YOLO11/YOLO26 heads already have the depthwise class branch: "light" is the base's style
+    if init_head is None:
+        return choice == "light"
+    init_light = init_head.metadata.get("legacy") is False
+    if choice == "light" and not init_light:
+        raise ValueError(
+            f"class_branch='light', but {init_head.where} has the base's class branch (legacy=True); a run goes on "
+            "with its init head's layout — leave class_branch at 'base', or train a new light head without init_head"
+        )
+    return init_light
+
+
+class LightHeadTrainer(DetectionTrainer):
+    """Ultralytics' detect trainer, whose model gets a Detect head with the depthwise class branch.
+
+    The trainer builds its model from the base's architecture, which on a YOLOv8 base means the YOLOv8 class
+    branch; `get_model` swaps that model's Detect for `light_detect`'s, an instance of its own (no class attribute
+    changes). A module-level class: Ultralytics' multi-GPU launch pickles it by name with the built model.
+    """
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        source = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        layer = getattr(source, "model", [None])[-1] if isinstance(source, torch.nn.Module) else None
+        model.model[-1] = light_detect(model.model[-1], layer if isinstance(layer, Detect) else None)
+        return model
 
 
 def _settings(

@@ -174,6 +174,8 @@ def test_channel_bomb_is_refused_with_little_memory(tmp_path, base, neck_head):
         ({"channels": [128.5, 256, 512]}, r"'channels' .* should list"),
         ({"names": {"0": "a", "99999": "b"}}, "'names' should map class ids 0..n-1"),
         ({"legacy": "yes"}, "'legacy' should be true or false"),
+        ({"class_width": 10**9}, r"'class_width' 1000000000 should be an integer in 128..128"),
+        ({"class_width": "wide"}, r"'class_width' .* should be an integer in"),
         ({"activation": {"type": "__import__('os')"}}, "is not an activation headkit builds"),
     ],
 )

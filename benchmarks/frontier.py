@@ -33,15 +33,13 @@ from ultralytics.utils.torch_utils import get_flops
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from head_vs_finetune import val_map  # noqa: E402
+from head_vs_finetune import add_run_options, val_map  # noqa: E402
 
 import headkit  # noqa: E402
 from headkit.finetune import finetune, save_finetuned  # noqa: E402
 from headkit.kinds import resolve_branch  # noqa: E402
 from headkit.train import CLASS_BRANCHES, default_device, train_head  # noqa: E402
 from headkit.trunk import base_facts  # noqa: E402
-
-SHARED = REPO.parent / "shared"
 
 
 def branch_starts(base) -> list[int | None]:
@@ -86,12 +84,7 @@ def interleaved_ms(models: dict[str, object], image: str, imgsz: int, rounds: in
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default=str(SHARED / "weights" / "yolov8s-fall.pt"))
-    parser.add_argument("--data", default=str(SHARED / "datasets" / "license_plates" / "data.yaml"))
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="auto")
+    add_run_options(parser)
     parser.add_argument("--images", type=int, default=None, help="use the first N images of each split (smoke run)")
     parser.add_argument("--rounds", type=int, default=20, help="latency rounds")
     parser.add_argument("--out", default=None, help="write the results as JSON here")

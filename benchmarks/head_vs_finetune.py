@@ -55,14 +55,19 @@ def val_map(model, data: Path, imgsz: int, batch: int, device: str, project: Pat
     return float(metrics.box.map50), float(metrics.box.map)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every training benchmark shares: base, data, epochs, size, batch, device."""
     parser.add_argument("--base", default=str(SHARED / "weights" / "yolov8s-fall.pt"))
     parser.add_argument("--data", default=str(SHARED / "datasets" / "license_plates" / "data.yaml"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="auto")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(parser)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = default_device() if args.device == "auto" else args.device

@@ -63,6 +63,26 @@ def copy_tiny_plates(plates_dir: Path, out: Path, *, train: int = 8, val: int = 
     return out
 
 
+def trainer_before_launch(base, data_yaml: Path, project: Path, name: str, *, trainer_class=None, init_head=None,
+                          **settings):  # fmt: skip
+    """The trainer Ultralytics' `Model.train` builds for a train_head run (`settings`: the run's Ultralytics
+    arguments beyond train_head's own), before it trains or launches its multi-GPU workers."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from headkit.progress import attach_callbacks
+    from headkit.train import _settings, _start_model
+
+    shape = {k: settings[k] for k in ("epochs", "imgsz", "batch", "device")}
+    args = {**_settings(base, data_yaml, None, project=project, name=name, **shape), **settings}
+    model = _start_model(base, init_head)
+    attach_callbacks(model)
+    trainer = (trainer_class or DetectionTrainer)(
+        overrides={**model.overrides, "task": model.task, **args, "mode": "train"}, _callbacks=model.callbacks
+    )
+    trainer.model = trainer.get_model(weights=model.model, cfg=model.model.yaml)
+    return trainer
+
+
 @pytest.fixture
 def tiny_plates(tmp_path: Path, plates_dir: Path) -> Path:
     """A writable copy of 8 train / 4 val plate images with a data.yaml."""

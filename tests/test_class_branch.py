@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, copy_tiny_plates
+from conftest import REPO, copy_tiny_plates, trainer_before_launch
 from ultralytics import YOLO
 from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
@@ -21,8 +21,7 @@ import headkit
 from headkit.__main__ import main
 from headkit.headfile import extract_head, is_legacy
 from headkit.kinds import PLAIN
-from headkit.progress import attach_callbacks
-from headkit.train import LightHeadTrainer, _settings, _start_model, train_head
+from headkit.train import LightHeadTrainer, train_head
 from headkit.trunk import detection_model
 
 TINY = dict(epochs=1, imgsz=64, batch=2, device="cpu", workers=0, plots=False)
@@ -52,14 +51,8 @@ def light_neck(base, data, runs):
 
 def light_trainer(base, data: Path, project: Path, name: str, init_head=None) -> LightHeadTrainer:
     """The trainer Ultralytics' `Model.train` builds for a light train_head run, before it trains or launches DDP."""
-    shape = {k: TINY[k] for k in ("epochs", "imgsz", "batch", "device")}
-    settings = {**_settings(base, data, None, project=project, name=name, **shape), **TINY, **EXACT}
-    model = _start_model(base, init_head)
-    attach_callbacks(model)
-    args = {**model.overrides, "task": model.task, **settings, "mode": "train"}
-    trainer = LightHeadTrainer(overrides=args, _callbacks=model.callbacks)
-    trainer.model = trainer.get_model(weights=model.model, cfg=model.model.yaml)
-    return trainer
+    return trainer_before_launch(base, data, project, name, trainer_class=LightHeadTrainer, init_head=init_head,
+                                 **TINY, **EXACT)  # fmt: skip
 
 
 def class_parameters(head) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import torch
-from conftest import REPO, copy_tiny_plates
+from conftest import REPO, copy_tiny_plates, trainer_before_launch
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
@@ -29,7 +29,7 @@ from headkit.headfile import extract_head
 from headkit.kinds import PLAIN
 from headkit.progress import RunReporter, TrainProgress, attach_callbacks
 from headkit.runfiles import RunFiles
-from headkit.train import _settings, _start_model, train_head
+from headkit.train import train_head
 from headkit.trunk import detection_model
 
 TINY = dict(epochs=1, imgsz=64, batch=2, device="cpu", workers=0)
@@ -43,14 +43,7 @@ def tiny_data(tmp_path_factory, plates_dir) -> Path:
 
 def ddp_trainer(base, data_yaml: Path, project: Path, name: str, **options) -> DetectionTrainer:
     """The trainer Ultralytics' `Model.train` builds, for train_head's model and settings, before it launches DDP."""
-    shape = {k: TINY[k] for k in ("epochs", "imgsz", "batch", "device")}
-    settings = {**_settings(base, data_yaml, None, project=project, name=name, **shape), **TINY, **EXACT, **options}
-    model = _start_model(base, None)
-    attach_callbacks(model)
-    args = {**model.overrides, "task": model.task, **settings, "mode": "train"}
-    trainer = DetectionTrainer(overrides=args, _callbacks=model.callbacks)
-    trainer.model = trainer.get_model(weights=model.model, cfg=model.model.yaml)
-    return trainer
+    return trainer_before_launch(base, data_yaml, project, name, **{**TINY, **EXACT, **options})
 
 
 def start_worker(trainer: DetectionTrainer) -> tuple[subprocess.Popen, str]:

@@ -148,7 +148,6 @@ class Failed:
 
 
 Event = Waiting | TrainProgress | SavedHead | SavedFineTune | Finished | Stopped | Failed
-END = (Finished, Stopped, Failed)
 # A run's work: (request, stop poll, report) -> None; it reports progress and saved results, and polls `stop` often
 Work = Callable[[TrainingRequest, Callable[[], bool], Callable[[Any], None]], None]
 
@@ -194,7 +193,8 @@ def perform(request: TrainingRequest, base, stop: Callable[[], bool], report: Ca
 
 def streamed(request: TrainingRequest, base) -> Iterator[Any]:
     """`perform`'s events as a generator, for a caller that must yield them (a `spaces.GPU` call streams what its
-    function yields back to the app). Stop reaches it through the job's stop marker only.
+    function yields back to the app). Stop reaches it through the job's stop marker; a consumer that goes away
+    (`close()`) stops it after the current batch, and `close()` returns once it has stopped.
 
     Raises:
         TrainingCancelled: a stop was asked for.
@@ -202,6 +202,7 @@ def streamed(request: TrainingRequest, base) -> Iterator[Any]:
     events: queue.Queue = queue.Queue()
     closed = threading.Event()
     outcome: dict[str, BaseException] = {}
+    done = object()  # what the worker puts last
 
     def run() -> None:
         try:
@@ -209,16 +210,16 @@ def streamed(request: TrainingRequest, base) -> Iterator[Any]:
         except BaseException as e:  # re-raised in the consumer's thread below
             outcome["error"] = e
         finally:
-            events.put(END)
+            events.put(done)
 
     thread = threading.Thread(target=run, name="training-stream", daemon=True)
     thread.start()
     try:
-        while (event := events.get()) is not END:
+        while (event := events.get()) is not done:
             yield event
     finally:
-        closed.set()  # the consumer went away: stop at the next batch
-    thread.join()
+        closed.set()  # the consumer went away: stop at the next batch, and wait for that
+        thread.join()
     if "error" in outcome:
         raise outcome["error"]
 
@@ -257,7 +258,7 @@ class Run:
         """The run's last event once it ended, else None."""
         return self.events[-1] if self.ended else None
 
-    def follow(self, start: int = 0, *, poll_s: float = 1.0) -> Iterator[Any]:
+    def follow(self, start: int = 0, *, poll_s: float = 1.0) -> Iterator[Event]:
         """The events from index `start` on, as they come, ending with the run's `Finished`, `Stopped` or `Failed`;
         while the run waits in line, `Waiting` now and then."""
         index, seen = start, -1

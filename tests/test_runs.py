@@ -3,6 +3,7 @@ refused or bounded, while the server keeps starting other runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import threading
@@ -26,6 +27,7 @@ from headkit.runs import (
     TrainingRequest,
     Waiting,
     perform,
+    streamed,
 )
 from headkit.server import Job
 
@@ -190,6 +192,23 @@ def test_a_real_run_saves_its_head_and_keeps_records_only(tmp_path, base, tiny_p
     del kept, head
     gc.collect()
     assert not [type(x).__name__ for x in reachable(run) if isinstance(x, torch.nn.Module | torch.Tensor)]
+
+
+def test_streamed_yields_the_run_and_stops_it_when_the_consumer_goes(tmp_path, base, tiny_plates):
+    """The generator a spaces.GPU call yields: every event of `perform`, in order; a consumer that goes away (a
+    closed ZeroGPU stream) stops the training at its next batch, and nothing is saved."""
+    job = Job(tmp_path / "job")
+    request = TrainingRequest(
+        base="test", data=str(tiny_plates / "data.yaml"), job_dir=str(job.path), name="plates", epochs=1, imgsz=64,
+        batch=4, options=(("workers", 0), ("device", "cpu"), ("plots", False)),
+    )  # fmt: skip
+    events = list(streamed(request, base))
+    assert isinstance(events[0], TrainProgress) and isinstance(events[-1], SavedHead)
+    assert events[-1].path == job.heads()["plates"]
+    again = streamed(dataclasses.replace(request, name="gone", epochs=3), base)
+    assert isinstance(next(again), TrainProgress)
+    again.close()  # the consumer went away: the training stops after its batch, and close() waits for that
+    assert "gone" not in job.heads() and not [t for t in threading.enumerate() if t.name == "training-stream"]
 
 
 def reachable(root) -> list:

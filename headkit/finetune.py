@@ -30,9 +30,6 @@ from .settings import current_limits
 from .trunk import base_facts, detection_model
 
 FORMAT = "headkit.finetune/1"
-# Measured on the plates (benchmarks/head_vs_finetune.py, 10 epochs at 320 px, CPU): the full fine-tune took 704 s
-# where the head alone took 335 s; the app's time estimate for the fine-tune is the head's times this factor.
-COST_VS_HEAD = 2.1
 
 
 @dataclass

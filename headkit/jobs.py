@@ -136,13 +136,11 @@ class Job:
 
     def finetune_path(self, name: str) -> Path:
         """Where the comparison fine-tune of this session's head `name` is kept (safetensors, never a pickle)."""
-        path = self.file("finetunes", f"{safe_name(name)}.safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.file("finetunes", f"{safe_name(name)}.safetensors")
 
     def finetuned(self, name: str) -> Path | None:
         """The fine-tuned model kept for this session's head `name`, if one was trained."""
-        path = self.file("finetunes", f"{safe_name(name)}.safetensors")
+        path = self.finetune_path(name)
         return path if path.is_file() else None
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 import headkit  # noqa: E402
 from headkit.finetune import finetune  # noqa: E402
-from headkit.retention import kept_detections, rows_of  # noqa: E402
+from headkit.retention import detection_rows, kept_detections  # noqa: E402
 from headkit.train import default_device, train_head  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -34,8 +34,8 @@ def retention(model, base, images: list[Path], imgsz: int) -> tuple[int, int]:
     """(kept, total): base detections the model reproduces (headkit.retention's rule, as the app's Compare uses)."""
     kept = total = 0
     for image in images:
-        ref = rows_of(base.predict(image, imgsz=imgsz, verbose=False)[0])
-        got = rows_of(model.predict(image, imgsz=imgsz, max_det=1000, verbose=False)[0])
+        ref = detection_rows(base.predict(image, imgsz=imgsz, verbose=False)[0])
+        got = detection_rows(model.predict(image, imgsz=imgsz, max_det=1000, verbose=False)[0])
         total += len(ref)
         kept += kept_detections(ref, base.names, got, model.names)
     return kept, total

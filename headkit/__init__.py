@@ -7,13 +7,14 @@ runs in line, settings) is in `headkit.server`.
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING
 
 from .archive import ArchiveError
 from .comparing import Comparer, Comparison, Detection, compare
 from .concat import ConcatHead
 from .datasets import DatasetSummary, load_dataset
+from .detect import HeadDoesNotFit
+from .discovery import HeadSearch, HubHead, find_heads
 from .export import ExportedModel, export_merged
 from .headfile import Head, extract_head, load_head
 from .hub import push_head
@@ -43,17 +44,9 @@ _ON_FIRST_USE = {
     "TrainResult": "train",
     "train_head": "train",
 }
-# Server plumbing that was once exported here: still found (with a DeprecationWarning), now in `headkit.server`.
-_MOVED_TO_SERVER = {
-    "Job", "JobRoot", "HeadEntry", "Settings", "add_head", "list_heads", "load_head_key", "refuse_pickle",
-    "label_previews", "estimate_training", "seconds_per_image", "zero_gpu_duration", "TrainingEstimate",
-}  # fmt: skip
 
 
 def __getattr__(name: str):
-    if name in _MOVED_TO_SERVER:
-        warnings.warn(f"headkit.{name} moved to headkit.server.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(".server", __name__), name)
     if name == "server":  # loads the training stack: not at `import headkit`
         return importlib.import_module(".server", __name__)
     if name not in _ON_FIRST_USE:
@@ -81,7 +74,10 @@ __all__ = [
     "Detection",
     "ExportedModel",
     "Head",
+    "HeadDoesNotFit",
     "HeadKind",
+    "HeadSearch",
+    "HubHead",
     "LimitExceeded",
     "Limits",
     "TrainProgress",
@@ -94,6 +90,7 @@ __all__ = [
     "convert_to_keypoints",
     "export_merged",
     "extract_head",
+    "find_heads",
     "fingerprint",
     "load_dataset",
     "load_head",

@@ -1,4 +1,5 @@
-"""Command line: `python -m headkit train|merge ...` for scripted runs (the app offers the same verbs)."""
+"""Command line: `headkit train|merge|find ...` (or `python -m headkit ...`) for scripted runs; the app offers the same
+verbs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from . import load_head, load_model, merge
+from . import find_heads, load_head, load_model, merge
 from .train import train_head
 
 
@@ -26,6 +27,7 @@ def _train(args: argparse.Namespace) -> None:
         init_head=init,
         branch=args.branch,
         class_branch=args.class_branch,
+        class_width=args.class_width,
         keypoint_trick=args.keypoint_trick,
     )
     result.head.metadata["label"] = args.label or Path(args.out).stem
@@ -39,8 +41,15 @@ def _merge(args: argparse.Namespace) -> None:
     print(json.dumps({"model": str(args.out), "names": merged.names}, indent=2))
 
 
+def _find(args: argparse.Namespace) -> None:
+    found = find_heads(load_model(args.base), limit=args.limit, sort=args.sort)
+    rows = [{"address": h.address, "label": h.label, "classes": h.classes, "downloads": h.downloads,
+             "likes": h.likes, "metrics": h.metrics.get("all", {})} for h in found]  # fmt: skip
+    print(json.dumps({"searched_at": found.searched_at, "offline": found.offline, "heads": rows}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m headkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="headkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a head on a dataset over a frozen base")
     train.add_argument("--base", required=True)
@@ -58,13 +67,20 @@ def main(argv: list[str] | None = None) -> None:
         "--branch",
         default="head",
         type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
-        help="'head' (Detect only, default), 'neck' (own copy of the neck too) or the first layer the head owns",
+        help="'head' (Detect only, default), 'neck' (own copy of the neck too), 'p3' (own copy of the layers feeding "
+        "the P3 input only) or the first layer the head owns",
     )
     train.add_argument(
         "--class-branch",
         default="base",
         choices=("base", "light"),
         help="the new head's class branch: 'base' (the base's style, default) or 'light' (depthwise, as YOLO11/YOLO26)",
+    )
+    train.add_argument(
+        "--class-width",
+        type=int,
+        default=None,
+        help="a narrow class branch this many channels wide, started from the base's strongest channels (e.g. 32)",
     )
     train.add_argument(
         "--keypoint-trick", action="store_true", help="train as a one-keypoint pose head (small objects)"
@@ -76,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     join.add_argument("--heads-only", action="store_true", help="drop the base head (trunk + given heads)")
     join.add_argument("heads", nargs="+")
     join.set_defaults(run=_merge)
+    find = sub.add_parser("find", help="list the heads on the Hub that fit a base (checked before listing)")
+    find.add_argument("--base", required=True)
+    find.add_argument("--limit", type=int, default=10)
+    find.add_argument("--sort", choices=("downloads", "newest"), default="downloads")
+    find.set_defaults(run=_find)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.run(args)

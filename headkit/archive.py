@@ -8,8 +8,11 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from .disk import BLOCK, DiskBudget, blocks
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +34,22 @@ class ZipLimits:
         max_ratio: Uncompressed / compressed size, of each entry and of the whole zip; checked above
             `ratio_floor_bytes`, because small text files (labels) legitimately compress far better than images.
         ratio_floor_bytes: Uncompressed size (of an entry, or of the whole zip) below which no ratio is checked.
+        disk: the server's shared disk budget (`max_server_mb`): what the kept entries declare is reserved in it
+            before the first byte is written (see `reserved_bytes`); None: no server budget (a local user).
     """
 
     max_total_bytes: int = 2 * 1024**3
     max_entries: int = 20_000
     max_ratio: float = 100.0
     ratio_floor_bytes: int = 1 << 20
+    disk: DiskBudget | None = None
+
+
+def reserved_bytes(sizes: list[int]) -> int:
+    """Disk reserved for extracting files of `sizes` and rebuilding them as a dataset: each file in whole blocks, and
+    one block more per file for what the rebuild adds beside it (its label file, its folder's entry); the rebuild
+    moves the extracted files, so nothing is written twice."""
+    return sum(blocks(size) + BLOCK for size in sizes)
 
 
 def extract_zip(
@@ -50,7 +63,8 @@ def extract_zip(
     """Extract `archive` into `dest` (created), refusing anything unsafe.
 
     Declared sizes are checked before anything is written, and actual bytes again while streaming, so a zip whose
-    headers lie is stopped as well. On refusal `dest` is removed, so no partial extraction is left behind.
+    headers lie is stopped as well. With `limits.disk`, the kept files' declared sizes are reserved against the
+    server's disk before the first is written. On refusal `dest` is removed, so no partial extraction is left behind.
 
     Args:
         archive: The zip.
@@ -66,12 +80,13 @@ def extract_zip(
 
     Raises:
         ArchiveError: The zip is unreadable, unsafe or over `limits`.
+        LimitExceeded: what it would write does not fit in `limits.disk` (`max_server_mb`).
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
         return _extract(archive, dest.resolve(), limits, keep, kept)
-    except ArchiveError:
+    except ValueError:  # ArchiveError, or LimitExceeded from the disk budget
         shutil.rmtree(dest, ignore_errors=True)
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
@@ -88,8 +103,8 @@ def _extract(
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         _check_declared(archive.name, infos, limits)
-        warnings, skipped, total = [], [], 0
-        for info in infos:
+        warnings, skipped, files, folders = [], [], [], []
+        for info in infos:  # what will be written, decided before anything is
             name = _safe_name(archive.name, info.filename)
             if name is None:
                 continue
@@ -104,14 +119,22 @@ def _extract(
                 raise ArchiveError(f"{archive.name}: entry '{info.filename}' resolves outside the extraction folder")
             if info.is_dir() or file_type == stat.S_IFDIR:
                 if keep is None:
-                    target.mkdir(parents=True, exist_ok=True)
+                    folders.append(target)
                 continue  # with `keep`, only the folders of kept files exist
             if keep is not None and not keep(name):
                 if not _is_junk(name):
                     skipped.append(name.as_posix())
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            total = _stream(zf, info, target, total, archive.name, limits)
+            files.append((info, target))
+        need = reserved_bytes([info.file_size for info, _ in files] + [0] * len(folders))
+        what = f"{archive.name} ({need / 2**20:.1f} MiB once extracted)"
+        total = 0
+        with limits.disk.reserve(need, what) if limits.disk is not None else nullcontext():
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+            for info, target in files:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                total = _stream(zf, info, target, total, archive.name, limits)
     if skipped:
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.append(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ultralytics.nn.modules.head import Detect
 
+from .detect import has_one_to_many
 from .trunk import FACTS_ATTRIBUTE, detection_model
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def ensure_detect_base(model, *, role: str = "base") -> None:
             f"the {role} is a '{task}' model with a {type(head).__name__} head; headkit adds Detect heads to plain "
             "object-detection models only — use a detect checkpoint such as yolov8n.pt or yolo11n.pt"
         )
-    if head.cv2 is None:
+    if not has_one_to_many(head):
         raise ValueError(
             f"the {role} is a fused end-to-end model (its one-to-many branch was removed); load the original "
             "checkpoint (.pt) instead of a fused or exported copy"

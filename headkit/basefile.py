@@ -9,40 +9,31 @@ predict, track, val and train behave exactly as they do for the `.pt` it was con
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import ultralytics
-from safetensors import safe_open
-from safetensors.torch import save_file
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from .headfile import check_names, compact, indexed_names
-from .limits import Limits
+from .artefact import BASE, FileRefused, compact, read, write
+from .headfile import check_names
+from .limits import LimitExceeded, Limits
+from .schema import indexed_names
 from .settings import current_limits, restore_hint
 from .trunk import base_facts
 
 LOGGER = logging.getLogger(__name__)
-FORMAT = "headkit.base/1"
-METADATA_KEY = "headkit_base"
+FORMAT = BASE.name
+METADATA_KEY = BASE.entry
 # Ultralytics' detect architectures a base may name, and their folder inside the package's cfg/models.
 FAMILIES = {"yolov8.yaml": "v8", "yolo11.yaml": "11", "yolo26.yaml": "26"}
 # What Ultralytics keeps of a checkpoint's train_args when it loads one (Model._reset_ckpt_args), less `data`: a
-# path on the author's machine. Each with the type it must have.
-ARGS = {"imgsz": (int, list), "task": (str,), "single_cls": (bool,)}
-REQUIRED = {"format", "family", "scale", "names", "stride", "args", "fingerprint", "source_sha256"}
-OPTIONAL = {"source", "ultralytics_version"}  # JSON keys inside the one metadata entry; any other is refused
-# Bounds on the file itself, checked before safetensors parses anything (a yolov8x is ~370 tensors, 131 MB in fp16).
-MAX_HEADER_BYTES = 1 << 20
-MAX_TENSORS = 2000
-MAX_BASE_MB = 512
-DTYPES = ("F16", "F32", "I64")
+# path on the author's machine. Their types and bounds are the schema's (`artefact.BASE`): imgsz ≤ max_imgsz.
+ARGS = tuple(BASE.schema.fields["args"].fields)
 
 
 def family_yaml(family: str) -> Path:
@@ -88,7 +79,6 @@ def save_base(model, path: str | Path, *, source_file: str | Path | None = None)
     family, scale = identify(model)
     args = getattr(inner, "args", None) or {}
     metadata = {
-        "format": FORMAT,
         "family": family,
         "scale": scale,
         "names": {str(k): v for k, v in facts.names.items()},
@@ -100,10 +90,7 @@ def save_base(model, path: str | Path, *, source_file: str | Path | None = None)
         "ultralytics_version": ultralytics.__version__,
     }
     tensors = {key: compact(value.detach().cpu()) for key, value in inner.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one metadata entry: safetensors writes several in no fixed order, and the same model must give the same bytes
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    path = write(path, tensors, BASE, metadata)
     reloaded = base_facts(load_base(path)).inner.state_dict()
     if any(not torch.equal(reloaded[k].cpu(), v.cpu()) for k, v in inner.state_dict().items()):
         path.unlink()
@@ -111,54 +98,12 @@ def save_base(model, path: str | Path, *, source_file: str | Path | None = None)
     return path
 
 
-def _header(path: Path) -> tuple[dict[str, str], dict[str, tuple[list[int], str]]]:
-    """The file's metadata and tensor table, each bounded before it is parsed."""
-    size = path.stat().st_size
-    if size / 2**20 > MAX_BASE_MB:
-        raise ValueError(f"{path.name}: {size / 2**20:.0f} MiB, over the {MAX_BASE_MB} MiB a base file may have")
-    with path.open("rb") as f:
-        prefix = f.read(8)
-    if len(prefix) < 8 or struct.unpack("<Q", prefix)[0] > min(MAX_HEADER_BYTES, size - 8):
-        raise ValueError(f"{path.name}: its safetensors header is missing, damaged or over {MAX_HEADER_BYTES} bytes")
-    with safe_open(str(path), framework="pt") as f:  # reads the header only
-        raw = f.metadata() or {}
-        keys = list(f.keys())
-        if len(keys) > MAX_TENSORS:
-            raise ValueError(f"{path.name}: {len(keys)} tensors, over the {MAX_TENSORS} a base may have")
-        table = {key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype()) for key in keys}
-    odd = sorted({dtype for _, dtype in table.values()} - set(DTYPES))
-    if odd:
-        raise ValueError(f"{path.name}: tensors of type {odd}; a base holds only {', '.join(DTYPES)}")
-    return raw, table
-
-
-def _metadata(raw: dict[str, str], path: Path, limits: Limits) -> dict[str, Any]:
-    """The JSON facts, each key known and each value of the expected type."""
-    if raw.get("format", "").startswith('"headkit.head/'):
-        raise ValueError(f"{path.name}: this is a head, not a base model; load it with headkit.load_head")
-    if set(raw) != {METADATA_KEY}:
-        raise ValueError(f"{path.name}: not a headkit base (its metadata should be one '{METADATA_KEY}' entry)")
-    try:
-        meta = json.loads(raw[METADATA_KEY])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path.name}: metadata is not JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path.name}: metadata should be a JSON object")
-    unknown, missing = meta.keys() - REQUIRED - OPTIONAL, REQUIRED - meta.keys()
-    if unknown or missing:
-        raise ValueError(f"{path.name}: not a headkit base (missing {sorted(missing)}, unexpected {sorted(unknown)})")
-    if meta["format"] != FORMAT:
-        raise ValueError(f"{path.name}: format {meta['format']!r}, expected {FORMAT!r}")
-    names, args, stride = meta["names"], meta["args"], meta["stride"]
-    if not indexed_names(names):  # a base without classes is refused too: it could carry no head
+def _metadata(meta: dict[str, Any], path: Path, limits: Limits) -> dict[str, Any]:
+    """The facts the schema cannot say: class ids 0..n-1, plain class names, an allow-listed family."""
+    if not indexed_names(meta["names"]):  # a base without classes is refused too: it could carry no head
         raise ValueError(f"{path.name}: 'names' should map class ids 0..n-1 to names")
-    check_names(names, path.name, limits)
-    if not isinstance(args, dict) or any(k not in ARGS or not isinstance(v, ARGS[k]) for k, v in args.items()):
-        raise ValueError(f"{path.name}: 'args' may hold only {', '.join(ARGS)} with their usual types, got {args!r}")
-    if not all(isinstance(meta[key], str) for key in ("family", "scale", "fingerprint")):
-        raise ValueError(f"{path.name}: 'family', 'scale' and 'fingerprint' should be text")
-    if not isinstance(stride, list) or not all(isinstance(s, int | float) for s in stride) or len(stride) > 8:
-        raise ValueError(f"{path.name}: 'stride' should be a short list of numbers, got {stride!r}")
+    check_names(meta["names"], path.name, limits)
+    family_yaml(meta["family"])
     return meta
 
 
@@ -201,27 +146,29 @@ def load_base(path: str | Path, *, limits: Limits | None = None) -> YOLO:
 
     Raises:
         FileNotFoundError: no such file (the message says how to restore a shipped one).
-        ValueError: not a headkit base, over a bound, altered or damaged.
+        LimitExceeded: a value over a `Limits` field (classes, name length, imgsz: predict's default size).
+        FileRefused: not a headkit base, outside its schema, altered or damaged (the message says how to restore it).
     """
     path, limits = Path(path), limits or current_limits()
     if not path.is_file():
         raise FileNotFoundError(f"base file {path} is missing; {restore_hint(path)}")
     try:
-        raw, table = _header(path)
-        meta = _metadata(raw, path, limits)
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {key: f.get_tensor(key) for key in table}
+        header = read(path, (BASE,), limits)
+        meta = _metadata(header.metadata, path, limits)
+        tensors = header.tensors()
+    except LimitExceeded:
+        raise  # its message names the limit and how to raise it
     except ValueError as e:
-        raise ValueError(f"{e}; {restore_hint(path)}") from e
+        raise FileRefused(f"{e}; {restore_hint(path)}") from e
     except Exception as e:  # safetensors raises its own SafetensorError for a malformed file
-        raise ValueError(f"{path}: not a readable .safetensors base ({e}); {restore_hint(path)}") from e
+        raise FileRefused(f"{path}: not a readable .safetensors base ({e}); {restore_hint(path)}") from e
     try:
         model = _wrap(_rebuild(meta, tensors, path), meta, path)
     except ValueError as e:
-        raise ValueError(f"{e}; {restore_hint(path)}") from e
+        raise FileRefused(f"{e}; {restore_hint(path)}") from e
     found = base_facts(model).fingerprint  # worked out once here; the model keeps it with its other facts
     if found != meta["fingerprint"]:
-        raise ValueError(
+        raise FileRefused(
             f"{path}: its trunk fingerprint is {found[:12]}…, but the file records {str(meta['fingerprint'])[:12]}…: "
             f"the file was altered or damaged; {restore_hint(path)}"
         )

@@ -19,8 +19,10 @@ import ultralytics.nn.modules as layer_modules
 from torch import nn
 from ultralytics.nn.modules.head import Detect
 
+from .detect import HeadDoesNotFit
 from .kinds import branch_inputs
-from .labels import clip, is_int
+from .labels import is_int
+from .schema import shown
 from .trunk import base_facts, layer_state
 
 BRANCH_PREFIX = "branch."  # tensor keys of the branch layers: branch.<layer>.<name>
@@ -28,6 +30,7 @@ BRANCH_PREFIX = "branch."  # tensor keys of the branch layers: branch.<layer>.<n
 _ARCHITECTURE_KEYS = {"nc", "scales", "scale", "depth_multiple", "width_multiple", "backbone", "head", "channels"}
 _ARCHITECTURE_KEYS |= {"yaml_file", "reg_max", "max_channels"}
 _BRANCH_KEYS = {"start", "inputs", "detect_from", "architecture"}
+_OPTIONAL_KEYS = {"end"}  # a path branch's (its layers end before the Detect); absent: up to the Detect
 # Ultralytics detect models have 20-30 rows; a row has a handful of numbers and names.
 MAX_ROWS = 256
 _MAX_ARGS = 16
@@ -50,6 +53,7 @@ class Branch(nn.Module):
         self.inputs = [int(i) for i in inputs]
         self.detect_from = [int(i) for i in detect_from]
         self.start = int(layers[0].i)
+        self.end = int(layers[-1].i) + 1  # the Detect's index for a branch up to it; less for a path branch
 
     @property
     def nc(self) -> int:
@@ -64,6 +68,58 @@ class Branch(nn.Module):
             x = layer(x)
             outputs[layer.i] = x
         return self.detect([outputs[j] for j in self.detect_from])
+
+
+class BranchDetect(Detect):
+    """A Branch standing in a model's Detect slot while it trains: the model's own layers stay the base's (frozen),
+    and this layer runs the branch's copies beside them on the shared outputs it reads (`f`: the branch's inputs).
+
+    A path branch (`branch="p3"`) needs this: its Detect reads the base's own later maps (P4, P5), which a model
+    whose layers were the branch's would compute from the branch's layers instead. A Detect to Ultralytics (its
+    loss, validator and `_apply` read the last layer's classes, strides and reg_max), with no branches of its own.
+    """
+
+    def __init__(self, branch: Branch):
+        nn.Module.__init__(self)  # Detect.__init__ would build branches this layer does not have
+        self.branch = branch
+        detect = branch.detect
+        self.nc, self.nl, self.reg_max, self.no = detect.nc, detect.nl, detect.reg_max, detect.no
+        self.stride = detect.stride.clone()
+        self.f, self.type = list(branch.inputs), f"{BranchDetect.__module__}.BranchDetect"
+
+    @property
+    def detect(self) -> Detect:
+        return self.branch.detect
+
+    @property
+    def cv2(self) -> nn.ModuleList:  # Ultralytics' `DetectionModel.load` compares the box branches' inputs
+        return self.branch.detect.cv2
+
+    @property
+    def cv3(self) -> nn.ModuleList:
+        return self.branch.detect.cv3
+
+    @property
+    def end2end(self) -> bool:
+        return self.branch.detect.end2end
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        if getattr(self.branch.detect, "one2one_cv2", None) is not None:
+            self.branch.detect.end2end = value
+
+    def forward(self, x: list[torch.Tensor]):
+        return self.branch(list(x))
+
+    def fuse(self) -> None:
+        """Nothing to drop here: Ultralytics' fuse() reaches the inner Detect itself."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        detect = self.branch.detect
+        self.stride = fn(self.stride)
+        detect.stride, detect.anchors, detect.strides = fn(detect.stride), fn(detect.anchors), fn(detect.strides)
+        return self
 
 
 def architecture(base) -> dict[str, Any]:
@@ -141,7 +197,8 @@ def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
     Raises:
         ValueError: malformed rows, a start/inputs/detect_from out of range, or a malformed branch tensor key.
     """
-    if not isinstance(branch, dict) or set(branch) != _BRANCH_KEYS:
+    present = set(branch) if isinstance(branch, dict) else set()
+    if not isinstance(branch, dict) or not _BRANCH_KEYS <= present <= _BRANCH_KEYS | _OPTIONAL_KEYS:
         found = sorted(branch)[:6] if isinstance(branch, dict) else type(branch).__name__
         raise ValueError(f"{where}: branch metadata should hold {sorted(_BRANCH_KEYS)}, found {found}; save it again")
     rows = check_rows(branch["architecture"], where)
@@ -151,13 +208,22 @@ def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
         raise ValueError(
             f"{where}: branch start {str(start)[:20]} is not a layer between 1 and {count - 2}; save it again"
         )
-    ints = isinstance(inputs, list) and len(inputs) <= start and all(is_int(i) and 0 <= i < start for i in inputs)
+    end = branch.get("end", count - 1)
+    if not is_int(end) or not start < end <= count - 1:
+        raise ValueError(
+            f"{where}: branch end {str(end)[:20]} is not a layer in {start + 1}..{count - 1}; save it again"
+        )
+    shared = [i for i in range(count - 1) if not start <= i < end]
+    ints = isinstance(inputs, list) and len(inputs) <= len(shared) and all(is_int(i) and i in shared for i in inputs)
     if not ints or inputs != sorted(set(inputs)):
         raise ValueError(
-            f"{where}: branch inputs {str(inputs)[:60]} should be shared layers before {start}; save it again"
+            f"{where}: branch inputs {str(inputs)[:60]} should be shared layers outside {start}..{end - 1}; save it "
+            "again"
         )
     reads = isinstance(detect_from, list) and 0 < len(detect_from) <= 8
-    if not reads or not all(is_int(j) and 0 <= j < count - 1 and (j >= start or j in inputs) for j in detect_from):
+    if not reads or not all(
+        is_int(j) and 0 <= j < count - 1 and (start <= j < end or j in inputs) for j in detect_from
+    ):
         raise ValueError(f"{where}: branch detect_from {str(detect_from)[:60]} should be layers it owns or reads")
     if detect_from != rows[-1][0]:
         raise ValueError(f"{where}: branch detect_from {detect_from} differs from its Detect row's; save it again")
@@ -165,29 +231,29 @@ def check_branch_data(branch: Any, keys: Sequence[str], where: str) -> None:
         if not key.startswith(BRANCH_PREFIX):
             continue
         match = _KEY.fullmatch(key)
-        if not match or not start <= int(match[1]) < count - 1:
+        if not match or not start <= int(match[1]) < end:
             raise ValueError(
-                f"{where}: tensor '{key[:80]}' is not 'branch.<layer>.<name>' with a layer in {start}..{count - 2}"
+                f"{where}: tensor '{key[:80]}' is not 'branch.<layer>.<name>' with a layer in {start}..{end - 1}"
             )
-
-
-def shown(value: Any, limit: int = 100) -> str:
-    """A value from a file as a refusal quotes it: JSON, cut to `limit` characters."""
-    return clip(json.dumps(value, default=str), limit)
 
 
 def check_rows_match(arch: Any, base, where: str) -> None:
     """Refuse recorded rows that differ from the base's in any way, naming the first differing row.
 
     Raises:
-        ValueError: malformed rows, or rows other than the base's (the head was made for another architecture).
+        ValueError: malformed rows.
+        HeadDoesNotFit: rows other than the base's (made for another architecture), or a base that records none.
     """
-    ours, theirs = check_rows(arch, where), rows_of(architecture(base))
+    ours = check_rows(arch, where)
+    try:
+        theirs = rows_of(architecture(base))
+    except ValueError as e:  # a base without YAML rows: no branch head can be compared with it, so none joins it
+        raise HeadDoesNotFit(f"{where}: {e}") from None
     for number in range(max(len(ours), len(theirs))):
         mine = ours[number] if number < len(ours) else None
         base_row = theirs[number] if number < len(theirs) else None
         if mine != base_row:
-            raise ValueError(
+            raise HeadDoesNotFit(
                 f"{where}: built for another architecture than this base's — its row {number} is {shown(mine)}, the "
                 f"base's is {shown(base_row)}; load the base it was trained on or train the head on this base"
             )
@@ -196,25 +262,39 @@ def check_rows_match(arch: Any, base, where: str) -> None:
 def check_branch_fits_base(branch: Any, shapes: Mapping[str, Sequence[int]], base, where: str) -> None:
     """Refuse a branch whose metadata or tensor shapes differ from what the base's own layers would hold.
 
-    Everything here is a comparison of data with the base's facts; no module is built.
+    Everything here is a comparison of data with the base's facts; no module is built. What it passes, `assemble`
+    builds without asking again.
 
     Args:
         shapes: the head's tensor shapes by key (its `branch.*` keys are checked).
 
     Raises:
-        ValueError: rows, start, inputs, detect_from or a tensor differ from the base's.
+        ValueError: malformed branch metadata (a head file's is checked as data when it is read).
+        HeadDoesNotFit: rows, inputs, detect_from or a tensor differ from the base's.
     """
     check_branch_data(branch, list(shapes), where)
     check_rows_match(branch["architecture"], base, where)
     facts = base_facts(base)
-    start, end = branch["start"], facts.head_index
-    wanted = {"inputs": branch_inputs(base, start), "detect_from": list(facts.detect_from)}
+    start, end = branch["start"], branch.get("end", facts.head_index)
+    wanted = {"inputs": branch_inputs(base, start, end), "detect_from": list(facts.detect_from)}
     for name, value in wanted.items():
         if branch[name] != value:
-            raise ValueError(f"{where}: branch {name} {branch[name]} differ from this base's {value}; save it again")
+            raise HeadDoesNotFit(
+                f"{where}: branch {name} {branch[name]} differ from this base's {value}; save it again"
+            )
     expected = {BRANCH_PREFIX + key: tuple(value.shape) for key, value in layer_state(base, start, end).items()}
     given = {key: tuple(shape) for key, shape in shapes.items() if key.startswith(BRANCH_PREFIX)}
-    check_shapes(expected, given, where, f"layers {start}..{end - 1} of this base")
+    try:
+        check_shapes(expected, given, where, f"layers {start}..{end - 1} of this base")
+    except ValueError as e:
+        raise HeadDoesNotFit(str(e)) from None
+
+
+def assemble(base, branch: Mapping[str, Any], owned: Mapping[str, torch.Tensor], detect: Detect) -> Branch:
+    """A Branch of deep copies of the base's layers from the branch's start on, holding `owned` (keyed
+    `<layer>.<name>`), feeding `detect`. The branch is trusted: `check_branch_fits_base` has passed it."""
+    layers = copy_layers(base, branch["start"], owned, branch.get("end"))
+    return Branch(layers, detect, branch["inputs"], branch["detect_from"])
 
 
 def check_shapes(expected: Mapping[str, tuple], given: Mapping[str, tuple], where: str, what: str) -> None:
@@ -238,15 +318,26 @@ def check_shapes(expected: Mapping[str, tuple], given: Mapping[str, tuple], wher
             )
 
 
-def copy_layers(base, start: int, tensors: Mapping[str, torch.Tensor]) -> list[nn.Module]:
-    """Deep copies of the base's layers `start`..head-1 holding `tensors` (keyed `<layer>.<name>`, loaded strictly)."""
+def copy_layers(
+    base, start: int, tensors: Mapping[str, torch.Tensor] | None = None, end: int | None = None
+) -> list[nn.Module]:
+    """Deep copies of the base's layers `start`..end-1 (default: up to the head) holding `tensors` (keyed
+    `<layer>.<name>`, loaded strictly; None: the base's own)."""
     facts = base_facts(base)
-    layers = [copy.deepcopy(layer) for layer in facts.layers[start : facts.head_index]]
+    layers = [copy.deepcopy(layer) for layer in facts.layers[start : facts.head_index if end is None else end]]
+    if tensors is None:
+        return layers
     state = {f"{int(key.split('.', 1)[0]) - start}.{key.split('.', 1)[1]}": value for key, value in tensors.items()}
     nn.ModuleList(layers).load_state_dict(state, strict=True)
     return layers
 
 
 def branch_tensors(model, start: int) -> dict[str, torch.Tensor]:
-    """State of layers `start`..head-1 of a (trained) model, keyed `<layer>.<name>`."""
-    return {key: value.detach().cpu().clone() for key, value in layer_state(model, start).items()}
+    """State of layers `start`..head-1 of a (trained) model, keyed `<layer>.<name>`; a model that trained a path
+    branch (`BranchDetect` in its Detect slot): that branch's layers."""
+    last = base_facts(model).detect
+    if isinstance(last, BranchDetect):
+        state = {f"{layer.i}.{k}": v for layer in last.branch.layers for k, v in layer.state_dict().items()}
+    else:
+        state = layer_state(model, start)
+    return {key: value.detach().cpu().clone() for key, value in state.items()}

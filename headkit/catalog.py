@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .artefact import FileRefused
+from .detect import HeadDoesNotFit
 from .filenames import safe_name
 from .headfile import Head, load_head
-from .limits import Limits
+from .kinds import HeadKind
+from .limits import LimitExceeded, Limits
 from .merging import check_head_fits
+from .schema import metadata_bytes
 from .settings import current_limits
 from .sources import HF_SCHEME, PICKLE_SUFFIXES, parse_hub_url, resolve
 
@@ -41,7 +45,7 @@ class HeadEntry:
     reason: str | None = None
     metrics: dict[str, Any] | None = None
     base_source: str | None = None
-    kind: str = "head only"  # its HeadKind as people read it (`HeadKind.describe`)
+    kind: HeadKind = HeadKind()  # frozen: one default shared safely
     fingerprint_verified: bool = True  # False for a legacy .pth import, stamped with the base it was loaded on
 
     @property
@@ -61,7 +65,7 @@ class HeadEntry:
             "available": self.available,
             "reason": self.reason,
             "metrics": (self.metrics or {}).get("all"),
-            "kind": self.kind,
+            "kind": self.kind.describe(),
             "fingerprint": "verified" if self.fingerprint_verified else "assumed (legacy .pth import)",
         }
 
@@ -80,12 +84,19 @@ def refuse_pickle(name: str) -> None:
         )
 
 
-CACHE_MB = 512  # heads kept in memory, by file size: a count alone would let 64 heads of max_head_mb pile up
+CACHE_MB = 512  # heads kept in memory, by what they take there: a count alone would let 64 of max_head_mb pile up
+
+
+def head_bytes(head: Head) -> int:
+    """What a kept head takes in memory: its tensors and its parsed metadata (bounded by the schema), not its file's
+    size (fp16 tensors in the file may be held as fp16; parsed JSON takes several times its text)."""
+    tensors = sum(tensor.numel() * tensor.element_size() for tensor in head.tensors.values())
+    return tensors + metadata_bytes(head.metadata)
 
 
 class _HeadCache:
     """Heads read once per file version (a head replaced in place, with a new size or mtime, is read again), the
-    least recently used dropped first once their files add up to more than `budget_mb`."""
+    least recently used dropped first once what they take in memory (`head_bytes`) adds up to more than `budget_mb`."""
 
     def __init__(self, budget_mb: float) -> None:
         self.budget = budget_mb * 2**20
@@ -101,7 +112,7 @@ class _HeadCache:
                 return self._heads[key][0]
         head = load_head(path, limits=limits)
         with self._lock:
-            self._heads[key] = (head, stat.st_size)
+            self._heads[key] = (head, head_bytes(head))
             while sum(size for _, size in self._heads.values()) > self.budget:
                 self._heads.popitem(last=False)
         return head
@@ -160,6 +171,12 @@ def load_head_key(
     return _load_file(path, limits)
 
 
+def session_name(key: str) -> str | None:
+    """The name of the session head a key names (`session/plates` → `plates`), None for a shipped or `hf://` key."""
+    key = str(key).strip()
+    return key[len(SESSION_PREFIX) :] if key.startswith(SESSION_PREFIX) else None
+
+
 def add_head(source: str | Path, job: Job, *, name: str | None = None) -> str:
     """Copy a head (an uploaded .safetensors file or an `hf://` address) into the session; returns its key.
 
@@ -195,13 +212,13 @@ def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None =
     for key, origin, path in found:
         try:
             head = _load_file(path)
-        except (ValueError, OSError) as e:
+        except (FileRefused, LimitExceeded, OSError) as e:  # a bug's ValueError is not a verdict on the file
             entries.append(HeadEntry(key, origin, {}, reason=f"unreadable: {e}"))
             continue
         try:
             check_head_fits(head, base)
             reason = None
-        except ValueError as e:
+        except (HeadDoesNotFit, FileRefused, LimitExceeded) as e:  # verdicts on the head; a bug's error goes up
             reason = str(e)
         meta = head.metadata
         entries.append(
@@ -212,7 +229,7 @@ def list_heads(base, *, shipped_dir: str | Path | None = None, job: Job | None =
                 reason,
                 meta.get("metrics"),
                 meta.get("base_source"),
-                head.kind.describe(),
+                head.kind,
                 meta.get("base_fingerprint_verified", True) is not False,
             )
         )

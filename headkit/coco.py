@@ -17,6 +17,7 @@ train split. Layouts this covers (in a folder or an extracted zip, possibly insi
 from __future__ import annotations
 
 import json
+import os
 import reprlib
 import shutil
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ COCO_KEYS = ("images", "annotations", "categories")
 BOX_SLACK_PX = 1.0  # exporters round box corners; anything further outside the image is an error
 MAX_JSON_FILES = 8
 """JSON files read from one upload: a COCO export has one per split, and each file is parsed whole."""
+_COUNT_CHUNK = 1 << 23
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -69,7 +71,8 @@ def find_coco_files(root: Path, *, limits: Limits) -> tuple[list[CocoFile], list
 
     Raises:
         DatasetError: Over `MAX_JSON_FILES` JSON files, two files for one split, or a JSON file that cannot be read.
-        LimitExceeded: A JSON file over `max_json_mb`, `max_json_records` or `max_json_values`.
+        LimitExceeded: A JSON file, or the upload's JSON files together, over `max_json_mb`, `max_json_records` or
+            `max_json_values` (see `check_request_budget`).
     """
     candidates = json_files(root)
     if len(candidates) > MAX_JSON_FILES:
@@ -78,6 +81,7 @@ def find_coco_files(root: Path, *, limits: Limits) -> tuple[list[CocoFile], list
             f"{root.name}: {len(candidates)} JSON files ({shown}, ...), but at most {MAX_JSON_FILES} are read; a COCO "
             "export has one per split: remove the others"
         )
+    check_request_budget(candidates, root, limits=limits)
     found: list[CocoFile] = []
     notes = []
     for path in candidates:
@@ -98,6 +102,39 @@ def find_coco_files(root: Path, *, limits: Limits) -> tuple[list[CocoFile], list
             )
         found.append(CocoFile(path, split, data))
     return found, notes
+
+
+def check_request_budget(paths: list[Path], root: Path, *, limits: Limits) -> None:
+    """Refuse JSON files whose sizes, records or values add up to more than one file may have, before any is parsed.
+
+    Every file of an upload is parsed and kept until the upload is converted, so the `max_json_*` limits bound all of
+    them together: three files each just under `max_json_values` would otherwise cost three times the budget in one
+    request. Counted as `labels.load_json` counts one file ('{' and '[' for records; ',' and ':' for values), reading
+    each file in chunks (nothing kept), after the sizes alone were checked from the folder.
+
+    Raises:
+        LimitExceeded: the files together over `max_json_mb`, `max_json_records` or `max_json_values`.
+    """
+    if len(paths) < 2:
+        return  # one file: `load_json` checks it against the same limits
+    what = f"{root.name}: its {len(paths)} JSON files together ({', '.join(p.name for p in paths)})"
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError as e:
+            raise DatasetError(f"{path.relative_to(root).as_posix()}: cannot be read ({e.strerror})") from e
+    limits.check("max_json_mb", sum(sizes) / 2**20, f"{what}: size in MB")
+    records = values = 0
+    for path in paths:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(_COUNT_CHUNK):
+                opened = chunk.count(b"{") + chunk.count(b"[")
+                records += opened
+                values += opened + chunk.count(b",") + chunk.count(b":")
+        values += 1
+    limits.check("max_json_records", records, f"{what}: objects and arrays ('{{' and '[' characters)")
+    limits.check("max_json_values", values, f"{what}: values and keys ('{{', '[', ',' and ':' characters)")
 
 
 def _split_of(path: Path) -> str:
@@ -155,11 +192,58 @@ def _image_size(record: dict, image_id: int, where: str) -> tuple[int, int]:
     return width, height
 
 
-def _image_path(record: dict, source: Path, split: str) -> Path | None:
-    """The image beside the annotation file, or in the dataset folder (the parent of `annotations/`).
+def image_folders(source: Path, split: str) -> tuple[Path, list[Path]]:
+    """The dataset folder of annotation file `source`, and the folders its images are looked for in, in order.
+
+    Beside the annotation file, then in the dataset folder (the parent of `annotations/`): `images/<split>/`,
+    `images/`, itself, and its and `images/`'s sub-folders named like the split (`val2017/`). Listed once per file.
+    """
+    root = source.parent.parent if source.parent.name.lower() == "annotations" else source.parent
+    folders = [source.parent, root / "images" / split, root / "images", root]
+    folders += sorted(p for p in root.glob("*") if p.is_dir() and p.name.lower().startswith(split))
+    folders += sorted(p for p in (root / "images").glob("*") if p.is_dir() and p.name.lower().startswith(split))
+    return root, folders
+
+
+class FolderIndex:
+    """The file names of each folder, listed once on first use, so finding N images costs O(N) and not N listings.
+
+    Looking an image up by `Path.is_file` in each candidate folder, with the candidates found by listing the upload's
+    top for every record, made a 20,000-image COCO file cost hours of CPU (quadratic); here each folder is listed at
+    most once per import, whatever the number of records.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[Path, frozenset[str]] = {}
+
+    def has_file(self, path: Path) -> bool:
+        """Whether `path` is a file (links followed, as `Path.is_file`), from its folder's one listing."""
+        names = self._names.get(path.parent)
+        if names is None:
+            names = self._names[path.parent] = _file_names(path.parent)
+        return path.name in names
+
+
+def _file_names(folder: Path) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(e.name for e in entries if _is_file(e))
+    except OSError:  # no such folder (a name with folders that do not exist), or not a folder
+        return frozenset()
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _image_path(record: dict, root: Path, folders: list[Path], index: FolderIndex) -> Path | None:
+    """The image of `record` in the first of `folders` (see `image_folders`) that holds it; None if none does.
 
     Windows separators are read as `/`; a name with folders (Label Studio's `images/x.jpg`, or an upload path of the
-    machine it came from) is also looked for by its file name alone, never outside the dataset folder.
+    machine it came from) is also looked for by its file name alone, never outside the dataset folder `root`.
     """
     name = str(record.get("file_name") or "").replace("\\", "/")
     parts = PurePosixPath(name).parts
@@ -167,13 +251,9 @@ def _image_path(record: dict, source: Path, split: str) -> Path | None:
         return None
     inside = not (name.startswith("/") or PureWindowsPath(name).drive or ".." in parts)
     names = ([name] if inside else []) + ([parts[-1]] if len(parts) > 1 and parts[-1] != ".." else [])
-    root = source.parent.parent if source.parent.name.lower() == "annotations" else source.parent
-    folders = [source.parent, root / "images" / split, root / "images", root]
-    folders += sorted(p for p in root.glob("*") if p.is_dir() and p.name.lower().startswith(split))
-    folders += sorted(p for p in (root / "images").glob("*") if p.is_dir() and p.name.lower().startswith(split))
     top = root.resolve()
     paths = (folder / n for n in names for folder in folders)
-    return next((p for p in paths if p.is_file() and p.resolve().is_relative_to(top)), None)
+    return next((p for p in paths if index.has_file(p) and p.resolve().is_relative_to(top)), None)
 
 
 def _box_lines(
@@ -227,13 +307,20 @@ def _yolo_line(annotation: dict, image: dict, class_id: int, where: str) -> str:
 
 
 def read_split(
-    coco: CocoFile, root: Path, class_of: dict[int, int], limits: Limits, seen: dict[Path, str]
+    coco: CocoFile,
+    root: Path,
+    class_of: dict[int, int],
+    limits: Limits,
+    seen: dict[Path, str],
+    index: FolderIndex | None = None,
 ) -> CocoSplit:
     """Check one annotation file against its images; its boxes as YOLO lines.
 
     `seen` maps each image file already used (by any file) to its record, so that no file serves two records: a
-    thousand records naming one image would otherwise write it a thousand times.
+    thousand records naming one image would otherwise write it a thousand times. `index` lists each folder once for
+    every file of the upload (a new one when None).
     """
+    index = FolderIndex() if index is None else index
     where = coco.path.relative_to(root).as_posix()
     images = _ids(coco.data["images"], "image", where)
     sizes = {i: _image_size(record, i, where) for i, record in images.items()}
@@ -243,9 +330,10 @@ def read_split(
         if i not in class_of:
             raise DatasetError(f"{where}: category {i} '{name}' is not in the other annotation files' categories")
     lines, crowd = _box_lines(coco.data, images, categories, class_of, where, limits)
+    dataset, folders = image_folders(coco.path, coco.split)
     found = []
     for image_id, record in images.items():
-        name, path = record.get("file_name"), _image_path(record, coco.path, coco.split)
+        name, path = record.get("file_name"), _image_path(record, dataset, folders, index)
         if path is None:
             raise DatasetError(
                 f"{where}: image id {image_id} '{name}' was not found beside the annotations or in "
@@ -284,7 +372,8 @@ def convert_coco(found: list[CocoFile], root: Path, out: Path, *, limits: Limits
     categories = read_categories(found[0].data, found[0].path.relative_to(root).as_posix(), limits)
     class_of = {category: n for n, category in enumerate(sorted(categories))}
     seen: dict[Path, str] = {}
-    splits = [read_split(coco, root, class_of, limits, seen) for coco in found]
+    index = FolderIndex()  # the upload's folders, each listed once for all its annotation files
+    splits = [read_split(coco, root, class_of, limits, seen, index) for coco in found]
     transfer = shutil.move if move else shutil.copy2
     notes = []
     for part in splits:

@@ -26,7 +26,7 @@ from .concat import MAX_DET
 from .headfile import Head
 from .limits import LimitExceeded, Limits
 from .merging import check_output_size, merge
-from .retention import kept_detections, rows_of
+from .retention import detection_rows, kept_detections
 from .settings import current_limits
 from .trunk import base_facts
 
@@ -279,7 +279,7 @@ class Comparer:
                 origins = ["fine-tune"] * len(result.names)
             else:
                 origins = _origins(result.names, [] if name == "base" else list(zip(heads, labels, strict=True)))
-            rows[name] = rows_of(result)
+            rows[name] = detection_rows(result)
             for x1, y1, x2, y2, score, cls in rows[name]:
                 c = int(cls)
                 box = (float(x1), float(y1), float(x2), float(y2))

@@ -1,18 +1,16 @@
-"""ConcatHead: several Detect heads on one trunk as one Detect, and the callbacks that keep a merged model exact.
+"""ConcatHead: several Detect heads on one trunk as one Detect.
 
 ConcatHead is a Detect (without branches of its own) so that Ultralytics' own seams reach it: the predictor,
 validator and exporter choose the NMS-free branch with `model.end2end = ...`, which only a Detect receives.
 
-A merged model is exact (each class's boxes and confidences are what its own head alone gives) under Ultralytics'
-default per-class NMS. Class-agnostic NMS would let one head's boxes suppress another's, so merged models refuse it
-through per-model callbacks (`guard_merged`), never through a global patch. Loading (`headkit.model`) and merging
-(`headkit.merge`) both need these, so they live below both.
+Its output keeps every head's block apart (its own anchor columns and class rows, or its own selected rows), so that
+`headkit.nms` can run Ultralytics' NMS on each block as on that head's output alone: that is what makes every head's
+detections in a merged model exactly its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,14 +18,10 @@ from torch.nn import functional as F
 from ultralytics.nn.modules.head import Detect
 
 from .branch import Branch
-from .trunk import detection_model
-
-if TYPE_CHECKING:
-    from ultralytics import YOLO
 
 MAX_DET = 1000
-"""Per-image cap on detections when predicting with a (merged) model: far above any real image's count, so the cap
-never cuts base boxes because a head added its own (Compare and video both predict with it)."""
+"""Per-image cap on each head's detections when predicting (a merged model applies it to every head on its own,
+`headkit.nms`): far above any real image's count (Compare and video both predict with it)."""
 
 
 class ConcatHead(Detect):
@@ -38,9 +32,10 @@ class ConcatHead(Detect):
 
     - one-to-many (YOLOv8, YOLO11, and YOLO26 with external NMS): shape (B, 4 + sum(nc), heads * anchors); head k owns
       anchor columns [k*A, (k+1)*A) with its own boxes and class rows 4 + offset_k ... 4 + offset_k + nc_k; its
-      scores for every other head's classes are zero, so NMS sees each head's candidates as that head alone makes them.
+      scores for every other head's classes are zero (an exported file's per-class NMS sees each head's candidates
+      only in its own classes); `headkit.nms` cuts the block back out and runs NMS on it as on that head alone.
     - end-to-end (YOLO26 with `nms=False`): each head selects its own top `max_det` rows (B, k, 6); their class ids
-      are offset and the rows stacked, the base head's first, so a per-image cap keeps the base's detections whole.
+      are offset and the rows stacked, the base head's first (rows [k*K, (k+1)*K) are head k's).
     """
 
     cv2 = None  # no one-to-many branch of its own (read by Ultralytics' fuse checks)
@@ -136,65 +131,3 @@ class ConcatHead(Detect):
 
 def _detect(head: Detect | Branch) -> Detect:
     return head.detect if isinstance(head, Branch) else head
-
-
-_AGNOSTIC_WHY = (
-    "class-agnostic NMS lets one head's boxes suppress another head's (a new head's box can remove a base "
-    "detection), so the base classes would no longer be exactly the base's"
-)
-
-
-def _refuse_agnostic_predict(predictor) -> None:
-    """on_predict_start: predict/track with agnostic_nms on a merged model would not be exact."""
-    if getattr(predictor.args, "agnostic_nms", False):
-        raise ValueError(
-            f"agnostic_nms=True is refused on a merged model: {_AGNOSTIC_WHY}; predict with agnostic_nms=False (the "
-            "default), or run the base and each head's model (merge(base, head, keep_base_head=False)) separately "
-            "and apply class-agnostic NMS to each"
-        )
-
-
-def _refuse_agnostic_val(validator) -> None:
-    """on_val_start: single_cls / agnostic_nms validation runs class-agnostic NMS across the heads."""
-    for setting in ("single_cls", "agnostic_nms"):
-        if getattr(validator.args, setting, False):
-            raise ValueError(
-                f"{setting}=True is refused on a merged model: it validates with class-agnostic NMS, and "
-                f"{_AGNOSTIC_WHY}; validate with {setting}=False (per-class NMS, the default), or validate the base "
-                "or each head's model (merge(base, head, keep_base_head=False)) on its own"
-            )
-
-
-def _refuse_baked_nms(exporter) -> None:
-    """on_export_start: a merged model exports its raw joined output; NMS runs where the file is loaded.
-
-    Ultralytics' NMS wrapper was written for one Detect head; its exactness for several joined heads is unproven, so
-    it is refused rather than trusted.
-    """
-    if getattr(exporter.args, "nms", None):
-        raise ValueError(
-            "export(nms=True) is refused on a merged model: NMS is not baked into its graph, so that every head's "
-            "candidates stay exactly its own; export with nms unset (the default) — ultralytics.YOLO(file).predict "
-            "runs per-class NMS on the output — or, for a YOLO26 base, nms=False for its NMS-free output"
-        )
-
-
-_GUARDS = (
-    ("on_predict_start", _refuse_agnostic_predict),
-    ("on_val_start", _refuse_agnostic_val),
-    ("on_export_start", _refuse_baked_nms),
-)
-
-
-def guard_merged(model: YOLO) -> YOLO:
-    """Make a model whose last layer is a ConcatHead refuse class-agnostic NMS and baked-in NMS; others pass unchanged.
-
-    The refusal lives in this model's own callbacks (`model.add_callback`), so it holds for every predict, track, val
-    and export call on it and touches nothing global. Call it on any merged model loaded from a `.pt` (callbacks are not
-    saved with the weights); calling it twice adds nothing.
-    """
-    if isinstance(detection_model(model).model[-1], ConcatHead):
-        for event, guard in _GUARDS:
-            if guard not in model.callbacks.get(event, []):
-                model.add_callback(event, guard)
-    return model

@@ -35,6 +35,7 @@ from headkit.layout import (
 )
 from headkit.limits import Limits
 from headkit.settings import current_limits
+from headkit.worker import run_in_worker
 
 __all__ = ["DatasetError", "DatasetSummary", "SplitCounts", "ZipLimits", "load_dataset", "parse_label_line"]
 
@@ -87,8 +88,8 @@ def load_dataset(
     work_dir: str | Path | None = None,
     base_names: Iterable[str] = (),
     val_fraction: float = 0.2,
-    limits: ZipLimits = ZipLimits(),  # noqa: B008 (frozen dataclass, immutable)
-    resource_limits: Limits | None = None,
+    limits: Limits | None = None,
+    zip_limits: ZipLimits = ZipLimits(),  # noqa: B008 (frozen dataclass, immutable)
 ) -> DatasetSummary:
     """Validate a YOLO or COCO JSON detection dataset (folder or .zip) and return where Ultralytics can train on it.
 
@@ -109,63 +110,82 @@ def load_dataset(
     Other folders (Roboflow layout, no val split, no data.yaml) are rebuilt like zips. The new folder is removed again
     on refusal.
 
+    The reading runs in a worker process (`headkit.worker`) with `limits.max_worker_mb` of memory and
+    `max_worker_s` of wall time: whatever an upload costs beyond them (a bound no check foresaw) stops that worker,
+    never the caller. Its refusals reach the caller as the same types with the same messages.
+
     Args:
         source: Dataset folder or .zip, in Ultralytics or Roboflow YOLO layout, possibly inside one top folder.
         work_dir: Where zips are extracted and datasets rebuilt.
         base_names: The base model's class names; a new class with the same name is warned about.
         val_fraction: Share of train images moved to val when there is no val split.
-        limits: Bounds for zip uploads.
-        resource_limits: `max_classes` and `max_class_name_chars`, checked as soon as data.yaml or classes.txt is
+        limits: `max_classes` and `max_class_name_chars`, checked as soon as data.yaml or classes.txt is
             read, before anything per class or per image; `max_boxes_per_image` per label file or COCO image; the
             `max_json_*` limits before a JSON file is parsed; None: `current_limits()` (defaults raised or lowered by
-            `HEADKIT_MAX_*` environment variables).
+            `HEADKIT_MAX_*` environment variables). The same `Limits` as `load_head(limits=)` and `merge(limits=)`.
+        zip_limits: Bounds for zip uploads (entries, bytes, the disk budget they draw on).
 
     Raises:
         LimitExceeded: Too many classes (data.yaml `names:`/`nc:`, classes.txt), a too long class name, too many boxes
             on one image, or a JSON file too big, with too many records or values.
         DatasetError: The dataset cannot be trained on as it is; the message says where, why and how to fix it.
+        WorkerLimitExceeded: Reading the dataset needed more memory than `max_worker_mb` or more time than
+            `max_worker_s` (a `LimitExceeded`).
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    source, job = Path(source), _Job(work_dir)
-    resource_limits = current_limits() if resource_limits is None else resource_limits
-    options = {"base_names": base_names, "val_fraction": val_fraction, "limits": resource_limits}
+    if isinstance(limits, ZipLimits):  # the keyword's meaning before 0.1: say so rather than misread it
+        raise TypeError("load_dataset(limits=) takes headkit.Limits; pass zip bounds as zip_limits=ZipLimits(...)")
+    limits = current_limits() if limits is None else limits
+    # made here, not in the worker: what a killed worker wrote is removed here
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="headkit-dataset-", dir=work_dir))
+    try:
+        summary = run_in_worker(
+            _read_dataset, Path(source), folder, tuple(base_names), val_fraction, zip_limits, limits,
+            task="reading the dataset", advice="upload fewer or smaller images and annotation files",
+            limits=limits,
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if not any(folder.iterdir()):  # used in place: nothing was written
+        folder.rmdir()
+    return summary
+
+
+def _read_dataset(
+    source: Path,
+    folder: Path,
+    base_names: tuple[str, ...],
+    val_fraction: float,
+    zip_limits: ZipLimits,
+    limits: Limits,
+) -> DatasetSummary:
+    """`load_dataset`'s work, in its worker: the dataset read, checked and rebuilt (if need be) in `folder`."""
+    job = _Job(folder)
+    options = {"base_names": base_names, "val_fraction": val_fraction, "limits": limits}
     try:
         if source.is_dir():
             return _load_any(source, job, from_zip=False, notes=[], **options)
         if source.is_file() and source.suffix.lower() == ".zip":
             extracted = job.path / "extracted"
-            notes = extract_zip(source, extracted, limits=limits, keep=is_dataset_file, kept=DATASET_FILES)
+            notes = extract_zip(source, extracted, limits=zip_limits, keep=is_dataset_file, kept=DATASET_FILES)
             summary = _load_any(extracted, job, from_zip=True, notes=notes, **options)
             shutil.rmtree(extracted, ignore_errors=True)  # what is left: files no split uses
             return summary
         found = "nothing" if not source.exists() else f"a {source.suffix or 'extension-less'} file"
         raise DatasetError(f"{source}: expected a dataset folder or a .zip, found {found}")
     except ArchiveError as e:
-        job.discard()
         raise DatasetError(str(e)) from e
-    except BaseException:  # refusals (DatasetError, LimitExceeded) and anything unexpected leave nothing behind
-        job.discard()
-        raise
 
 
 class _Job:
-    """The folder for extracted or rebuilt data, created on first use so in-place datasets write nothing."""
+    """The folder for extracted or rebuilt data (made by `load_dataset`, left empty for datasets used in place)."""
 
-    def __init__(self, work_dir: str | Path | None) -> None:
-        self._work_dir, self._path = work_dir, None
-
-    @property
-    def path(self) -> Path:
-        if self._path is None:
-            if self._work_dir is not None:
-                Path(self._work_dir).mkdir(parents=True, exist_ok=True)
-            self._path = Path(tempfile.mkdtemp(prefix="headkit-dataset-", dir=self._work_dir))
-        return self._path
-
-    def discard(self) -> None:
-        if self._path is not None:
-            shutil.rmtree(self._path, ignore_errors=True)
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
 
 def _has_yolo_labels(folder: Path) -> bool:

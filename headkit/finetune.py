@@ -16,20 +16,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-from safetensors.torch import save_file
 from ultralytics import YOLO
 
+from .artefact import FINETUNE, read, write
 from .base import clone_model, ensure_detect_base
 from .branch import check_rows_match, check_shapes
-from .headfile import check_names, describe_detect, indexed_names, new_detect, read_header
+from .headfile import check_names
 from .limits import Limits
 from .progress import TrainProgress, train_reporting
 from .runfiles import RunFiles
+from .schema import indexed_names
 from .settings import current_limits
 from .trunk import base_facts, detection_model
 
-FORMAT = "headkit.finetune/1"
+FORMAT = FINETUNE.name
 
 
 @dataclass
@@ -76,16 +76,12 @@ def finetune(
 def save_finetuned(model, path: str | Path) -> Path:
     """Write the model's weights (fp16) with its architecture rows and class names as metadata."""
     inner = detection_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in inner.state_dict().items()}
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in inner.state_dict().items()}
     metadata = {
-        "format": FORMAT,
-        "yaml": json.dumps(inner.yaml),
-        "names": json.dumps({str(k): v for k, v in inner.names.items()}),
+        "yaml": json.loads(json.dumps(inner.yaml, default=str)),
+        "names": {str(k): v for k, v in inner.names.items()},
     }
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    return write(path, tensors, FINETUNE, metadata)
 
 
 def load_finetuned(path: str | Path, base, *, limits: Limits | None = None) -> YOLO:
@@ -102,14 +98,8 @@ def load_finetuned(path: str | Path, base, *, limits: Limits | None = None) -> Y
     where = path.name
     # a fine-tune is the whole base (fp16): allow the base's fp32 size on top of a head's
     base_mb = sum(v.numel() * 4 for v in base_facts(base).inner.state_dict().values()) / 2**20
-    raw, shapes = read_header(path, replace(limits, max_head_mb=limits.max_head_mb + base_mb))
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{where}: not a fine-tuned model saved by headkit (format {str(raw.get('format'))[:40]!r})")
-    try:
-        names = json.loads(raw.get("names", ""))
-        recorded = json.loads(raw["yaml"]) if "yaml" in raw else None
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{where}: metadata is not headkit's JSON ({e}); train the fine-tune again") from e
+    header = read(path, (FINETUNE,), replace(limits, max_head_mb=limits.max_head_mb + base_mb))
+    names, recorded = header.metadata["names"], header.metadata.get("yaml")
     if not indexed_names(names):
         raise ValueError(f"{where}: metadata 'names' should map class ids 0..n-1 to names; train the fine-tune again")
     check_names(names, where, limits)
@@ -118,10 +108,8 @@ def load_finetuned(path: str | Path, base, *, limits: Limits | None = None) -> Y
     model = _base_with_classes(base, {int(k): str(v) for k, v in names.items()})
     inner = detection_model(model)
     expected = {key: tuple(value.shape) for key, value in inner.state_dict().items()}
-    check_shapes(expected, shapes, where, f"this base fine-tuned on {len(names)} classes")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    inner.load_state_dict(tensors, strict=True)
+    check_shapes(expected, header.shapes, where, f"this base fine-tuned on {len(names)} classes")
+    inner.load_state_dict(header.tensors(), strict=True)
     inner.eval()
     return model
 
@@ -149,19 +137,11 @@ def _check_recorded(recorded: Any, base, where: str) -> None:
 def _base_with_classes(base, names: dict[int, str]) -> YOLO:
     """A copy of the base with a fresh Detect for `names` (same layout), as fine-tuning the base on them leaves it."""
     ensure_detect_base(base)
-    layout = describe_detect(base_facts(base))
+    layout = base_facts(base).layout  # Ultralytics' trainer keeps the base's class-branch width: so does this
     model = clone_model(base)
     inner = detection_model(model)  # the copy's own model, whose Detect is replaced below
     old = inner.model[-1]
-    new = new_detect(
-        len(names),
-        layout["channels"],
-        reg_max=layout["reg_max"],
-        legacy=layout["legacy"],
-        activation=layout["activation"],
-        end2end=layout["end2end"],
-        class_width=layout["class_width"],  # Ultralytics' trainer keeps the base's class-branch width
-    )
+    new = replace(layout, nc=len(names)).build()
     new.stride = old.stride.clone()
     new.f, new.i, new.type, new.np = old.f, old.i, old.type, sum(p.numel() for p in new.parameters())
     new.inplace = getattr(old, "inplace", True)

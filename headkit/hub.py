@@ -1,6 +1,9 @@
 """Push a head to the Hub as one commit: the .safetensors head, its model card and an example prediction.
 
-Pulling lives in sources.py (`load_head("hf://owner/repo/head.safetensors")`).
+The card follows the Hub's adapter convention (`base_model` + `base_model_relation: adapter` when the base has a Hub
+repository) and carries the tag `headkit-base-<16 hex>` of the trunk the head was trained on, which every base has,
+local or embedded included: `headkit.find_heads(base)` searches by it. Pulling lives in sources.py
+(`load_head("hf://owner/repo/head.safetensors")`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ LOGGER = logging.getLogger(__name__)
 EXAMPLE_FILE = "example.jpg"
 _REPO_ID = re.compile(r"^[\w.\-]{1,96}/[\w.\-]{1,96}$")
 _METRIC_COLUMNS = ("P", "R", "mAP50", "mAP50-95")
+_TAGS = ("ultralytics", "yolo", "object-detection", "headkit", "detection-head")
+BASE_TAG_PREFIX = "headkit-base-"
+_TAG_DIGITS = 16  # 64 bits name a trunk among the Hub's; find_heads then compares the whole fingerprint
+
+
+def base_tag(fingerprint: str) -> str:
+    """The card tag naming the trunk a head fits: `headkit-base-` + the first 16 hex digits of its fingerprint."""
+    digits = str(fingerprint).lower()[:_TAG_DIGITS]
+    if len(digits) != _TAG_DIGITS or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"'{fingerprint}' is not a trunk fingerprint; expected sha256 hex (headkit.fingerprint)")
+    return BASE_TAG_PREFIX + digits
 
 
 def base_hub_repo(source: str | None) -> str | None:
@@ -84,10 +98,11 @@ def render_model_card(
         "library_name": "ultralytics",
         "pipeline_tag": "object-detection",
         "license": "agpl-3.0",
-        "tags": ["ultralytics", "yolo", "object-detection", "headkit", "detection-head"],
+        "tags": [*_TAGS, base_tag(head.base_fingerprint)],
     }
-    if base_hub_repo(base_source):
+    if base_hub_repo(base_source):  # the Hub links an adapter to its base's page; a local base has no page
         front["base_model"] = base_hub_repo(base_source)
+        front["base_model_relation"] = "adapter"
     label = head.label
     offset = len(base_names)
     classes = _table(

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .disk import DiskFigure, remove_old
+from .disk import DiskBudget, remove_old
 from .filenames import safe_name
 from .limits import Limits
 
@@ -148,7 +148,8 @@ class JobRoot:
     """The folder holding every session's job, keyed by a hash of the session id so folder names reveal nothing.
 
     With `served_dir` (the app's outputs in Gradio's cache) and `keys` (the user keys), the sweep removes old served
-    outputs and forgotten keys too, and `check_disk` bounds the disk of all of them together (`max_server_mb`).
+    outputs and forgotten keys too, and `check_disk` bounds the disk of all of them together (`max_server_mb`),
+    reservations included: `budget` is the one `DiskBudget` of these folders that uploads reserve in.
     """
 
     def __init__(
@@ -167,7 +168,6 @@ class JobRoot:
         self.keys = keys
         self._last_sweep = float("-inf")
         self._lock = threading.Lock()
-        self._disk = DiskFigure()
 
     def job(self, session: str | None) -> Job:
         """The job folder of `session` (created on first use); None gets a fresh, unnamed one."""
@@ -191,29 +191,31 @@ class JobRoot:
             removed += self.keys.sweep(lambda owner: self.path_of(owner).is_dir(), max_age_s=self.max_age_s, now=now)
         if removed:
             LOGGER.info("removed %d job/output folder(s) and key(s) older than %.0fs", len(removed), self.max_age_s)
-            self._disk.forget()
+            self.budget(Limits()).forget()  # the limit plays no part in forgetting the count
         return removed
 
+    def budget(self, limits: Limits) -> DiskBudget:
+        """The server's disk budget under `limits.max_server_mb`: every job folder, served output and key, and what
+        uploads have reserved (its ledger is `root/.disk-ledger.json`, shared by the server's processes)."""
+        also = [self.served_dir, self.keys.folder if self.keys else None]
+        return DiskBudget.under(self.root, limits=limits, also=tuple(f for f in also if f is not None))
+
     def disk_mb(self, *, recount: bool = False) -> float:
-        """MiB on disk of every job folder, served output and key together: a figure a few seconds old at most
-        (see `headkit.disk.DiskFigure`), or counted now with `recount`."""
+        """MiB on disk of every job folder, served output and key together, plus what uploads have reserved: a count
+        a few seconds old at most (see `headkit.disk.DiskBudget`), or counted now with `recount`."""
+        budget = self.budget(Limits())
         if recount:
-            self._disk.forget()
-        folders = [self.root, self.served_dir, self.keys.folder if self.keys else None]
-        return self._disk.mb([f for f in folders if f is not None])
+            budget.forget()
+        return budget.used_mb()
 
     def check_disk(self, limits: Limits) -> None:
-        """Refuse new work once the whole server's files are over `max_server_mb`; existing files stay.
+        """Refuse new work once the whole server's files and reservations are over `max_server_mb`; existing files
+        stay.
 
         Raises:
-            LimitExceeded: the server's job folders and served outputs are over the limit.
+            LimitExceeded: the server's job folders, served outputs and reservations are over the limit.
         """
-        limits.check(
-            "max_server_mb",
-            round(self.disk_mb(), 1),
-            "disk taken by every session's files and served outputs on this server, in MiB (try again once old "
-            "sessions are swept)",
-        )
+        self.budget(limits).check("new work beside every session's files and served outputs")
 
     def new_output_folder(self, limits: Limits) -> Path:
         """A new folder under `served_dir` for new outputs (each call its own: identical outputs never share a file),

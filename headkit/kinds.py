@@ -2,7 +2,9 @@
 
 The one place `headfile`, `merge` and `train` read a head's kind from. A head-only head owns just its Detect layer and
 reads the base's own neck outputs; a branch head owns a trained copy of every layer from its branch start on (the
-neck, for `branch="neck"`) and reads only the shared layers before that.
+neck, for `branch="neck"`) and reads only the shared layers before that. A path head (`branch="p3"`) owns only the
+layers that feed the Detect's first input after the backbone (YOLOv8: the top-down path 10-15) and reads the base's
+own maps for the other inputs, so it costs a few neck layers where the neck branch costs them all.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from .trunk import base_facts
 PLAIN = "plain"
 KEYPOINT_TRICK = "keypoint-trick"
 LEGACY_PTH = "imported-legacy-pth"
-BRANCH_CHOICES = ("head", "neck")
+BRANCH_CHOICES = ("head", "neck", "p3")
+PATH_CHOICES = {"p3": 0}  # a path branch: the Detect input (level) whose feeding layers the head owns
 
 
 @dataclass(frozen=True)
@@ -26,27 +29,42 @@ class HeadKind:
     Attributes:
         trained_with: "plain", "keypoint-trick" or "imported-legacy-pth".
         branch_start: the first base layer the head owns a copy of; None for a head-only head (the Detect alone).
+        branch_end: one past the last layer a path head owns (its other Detect inputs are the base's own maps);
+            None when the head owns every layer from its start to the Detect.
     """
 
     trained_with: str = PLAIN
     branch_start: int | None = None
+    branch_end: int | None = None
 
     @property
     def is_branch(self) -> bool:
         return self.branch_start is not None
 
+    @property
+    def shares_upto(self) -> int | None:
+        """The layers its base fingerprint covers (those before this index; None: the whole trunk). A path head reads
+        the base's own maps after its layers, which depend on the whole trunk."""
+        return self.branch_start if self.branch_end is None else None
+
     def describe(self) -> str:
-        """How people name it: "head only", "branch from layer 10", with ", keypoint trick" where it applies."""
+        """How people name it: "head only", "branch from layer 10", "branch of layers 10-15" (a path head), with
+        ", keypoint trick" where it applies."""
         text = f"branch from layer {self.branch_start}" if self.is_branch else "head only"
+        if self.is_branch and self.branch_end is not None:
+            text = f"branch of layers {self.branch_start}-{self.branch_end - 1}"
         return text + (", keypoint trick" if self.trained_with == KEYPOINT_TRICK else "")
 
     @classmethod
     def of(cls, metadata: dict[str, Any]) -> HeadKind:
         branch = metadata.get("branch") or {}
         start = branch.get("start") if isinstance(branch, dict) else None
+        end = branch.get("end") if isinstance(branch, dict) else None
         if not is_int(start):  # a file's text; `headfile` refuses a bad start
             start = None
-        return cls(str(metadata.get("trained_with") or PLAIN), start)
+        return cls(
+            str(metadata.get("trained_with") or PLAIN), start, end if is_int(end) and start is not None else None
+        )
 
 
 def resolve_branch(base, branch: str | int) -> int | None:
@@ -72,7 +90,12 @@ def resolve_branch(base, branch: str | int) -> int | None:
                     "the base records no architecture (`backbone:` rows); pass the branch start as a layer"
                 )
             return len(backbone)
-        raise ValueError(f"branch={branch!r}: expected 'head', 'neck' or a layer index (1..{head - 1})")
+        if choice in PATH_CHOICES:
+            return path_range(base, PATH_CHOICES[choice])[0]
+        raise ValueError(
+            f"branch={branch!r}: expected 'head', 'neck' or a layer index (1..{head - 1}), or 'p3' (only the layers "
+            "feeding the Detect's P3 input)"
+        )
     start = int(branch)
     if start == head:
         return None
@@ -85,14 +108,59 @@ def resolve_branch(base, branch: str | int) -> int | None:
     return start
 
 
-def branch_inputs(base, start: int) -> list[int]:
-    """The shared layers (before `start`) whose outputs the layers from `start` on read, in ascending order."""
-    layers = base_facts(base).layers
+def branch_end(base, branch: str | int) -> int | None:
+    """One past the last layer a new head owns: the end of a path branch ("p3"), else None (up to the Detect)."""
+    choice = branch.strip().lower() if isinstance(branch, str) else None
+    return path_range(base, PATH_CHOICES[choice])[1] if choice in PATH_CHOICES else None
+
+
+def _sources(layer, count: int) -> list[int]:
+    return [layer.i - 1 if s == -1 else s % count for s in ([layer.f] if isinstance(layer.f, int) else layer.f)]
+
+
+def path_range(base, level: int) -> tuple[int, int]:
+    """The layers after the backbone that feed the Detect's input `level` (0: the finest, P3), as start, end.
+
+    Worked out from the base's rows (each layer's `f`), never assumed: YOLOv8's P3 path is 10..15 (10, 16), YOLO11's
+    11..16. They must be one run of layers after the backbone that none of the other Detect inputs is among.
+
+    Raises:
+        ValueError: the base records no backbone, its input `level` comes straight from the backbone, the path is not
+            one run of layers, or it holds another Detect input (owning it would be the neck branch).
+    """
+    facts = base_facts(base)
+    backbone = (getattr(facts.inner, "yaml", None) or {}).get("backbone")
+    name = f"branch='p{level + 3}'"
+    if not backbone:
+        raise ValueError(f"{name}: the base records no architecture (`backbone:` rows); use branch='neck' or a layer")
+    first, count, target = len(backbone), len(facts.layers), facts.detect_from[level]
+    owned, todo = set(), [target]
+    while todo:
+        index = todo.pop()
+        if index >= first and index not in owned:
+            owned.add(index)
+            todo.extend(_sources(facts.layers[index], count))
+    span = set(range(min(owned, default=first), target + 1))
+    others = [j for j in facts.detect_from if j != target and j in span]
+    if not owned or owned != span or others:
+        why = (
+            "comes straight from the backbone" if not owned
+            else f"is fed by layers {sorted(owned)}, not one run of layers" if owned != span
+            else f"takes in the Detect's other input(s) {others}"
+        )  # fmt: skip
+        raise ValueError(
+            f"{name}: on this base the Detect's input {level} (layer {target}) {why}; a path branch does not apply "
+            "here — use branch='neck' or branch='head'"
+        )
+    return min(owned), target + 1
+
+
+def branch_inputs(base, start: int, end: int | None = None) -> list[int]:
+    """The base layers a branch owning layers `start`..end-1 reads (default end: the Detect), ascending: those its
+    layers and its Detect read that it does not own (for a path branch, also the base's own later maps)."""
+    facts = base_facts(base)
+    layers, end = facts.layers, facts.head_index if end is None else end
     needed: set[int] = set()
-    for layer in layers[start:]:
-        sources = [layer.f] if isinstance(layer.f, int) else list(layer.f)
-        for source in sources:
-            index = layer.i - 1 if source == -1 else source % len(layers)
-            if index < start:
-                needed.add(index)
+    for layer in [*layers[start:end], layers[facts.head_index]]:
+        needed |= {index for index in _sources(layer, len(layers)) if not start <= index < end}
     return sorted(needed)

@@ -1,7 +1,7 @@
 """merge(): one model from a base and extra heads, after every check that they fit. Nothing in Ultralytics is patched.
 
-Several heads are joined by a `ConcatHead` (`headkit.concat`), whose per-model callbacks (`guard_merged`) keep the
-merged model exact: they refuse class-agnostic NMS, which would let one head's boxes suppress another's.
+Several heads are joined by a `ConcatHead` (`headkit.concat`); `headkit.nms.guard_merged` keeps the merged model exact:
+NMS per head, and class-agnostic NMS (one head's boxes suppressing another's) refused, through the model's own seams.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from .base import clone_model, ensure_detect_base, model_source
 from .branch import Branch, check_branch_fits_base
-from .concat import ConcatHead, guard_merged
+from .concat import ConcatHead
+from .detect import HeadDoesNotFit
 from .filenames import safe_name
-from .headfile import Head, check_layout
+from .headfile import Head
 from .labels import clip, is_int
 from .limits import Limits, output_mb
 from .settings import current_limits
@@ -43,41 +44,24 @@ def _unique_names(groups: Sequence[dict[int, str]]) -> dict[int, str]:
 
 
 def check_head_fits(head: Head, base) -> None:
-    """Refuse a head made for another trunk or channel layout, with both sides in the message.
+    """Refuse a head made for another trunk or Detect layout, with both sides in the message: the one fit check.
 
-    Everything is compared as data with the base's own facts (`trunk.BaseFacts`: layout, rows, tensor shapes,
-    fingerprint) before any module is built; a head's declared layout is bounded first (`headfile.check_layout`).
+    Everything is compared as data with the base's own facts (`trunk.BaseFacts`: Detect layout, rows, tensor shapes,
+    fingerprint) before any module is built; the head's declared layout is bounded first (`Head.layout`). What passes
+    is built without being compared again (`Head.build`, `Head.assemble_branch`).
+
+    Raises:
+        ValueError: a malformed head (layout out of bounds, branch metadata not of headkit's form).
+        HeadDoesNotFit: a well-formed head made for another base.
     """
     where = head.where
-    check_layout(head.metadata, where)
-    facts = base_facts(base)
-    ours_e2e, theirs_e2e = facts.end2end, bool(head.metadata.get("end2end", False))
-    if ours_e2e != theirs_e2e:
-
-        def name(e2e: bool) -> str:
-            return "end-to-end (NMS-free, YOLO26)" if e2e else "one-to-many (NMS, YOLOv8/YOLO11)"
-
-        raise ValueError(
-            f"{where} has a {name(theirs_e2e)} Detect layout, but this base's head is {name(ours_e2e)}; a head "
-            "joins only a base of its own layout — load the base it was trained on, or train the head on this base"
-        )
-    if head.channels != list(facts.channels) or head.metadata["reg_max"] != facts.reg_max:
-        raise ValueError(
-            f"{where} expects feature maps with {head.channels} channels (reg_max {head.metadata['reg_max']}), but "
-            f"this base provides {list(facts.channels)} (reg_max {facts.reg_max}); it was made for another model size "
-            "or family — load the base it was trained on, or train the head on this base"
-        )
-    if tuple(float(s) for s in head.metadata["strides"]) != facts.strides:
-        raise ValueError(
-            f"{where} expects feature maps at strides {head.metadata['strides']}, but this base's are "
-            f"{list(facts.strides)}; load the base it was trained on, or train the head on this base"
-        )
+    head.layout.check_fits(base_facts(base).layout, where)
     start = head.kind.branch_start
     if start is not None:
         check_branch_fits(head, base)
-    ours = fingerprint(base, upto=start) if start is not None else fingerprint(base)
+    ours = fingerprint(base, upto=head.kind.shares_upto)  # a path head reads the base's own later maps too
     if head.base_fingerprint != ours:
-        raise ValueError(
+        raise HeadDoesNotFit(
             f"{where} was trained on base sha256 {str(head.base_fingerprint)[:12]}…, but this base is "
             f"{ours[:12]}…; load the matching base ({head.metadata.get('base_source') or 'source not recorded'}) "
             "or train the head on this base"
@@ -89,16 +73,21 @@ def check_branch_fits(head: Head, base) -> None:
 
     Its layers will be deep copies of the base's layers from its start on, so the file's rows are compared with the
     base's as data (naming the first differing row) and its tensors' shapes with those layers'.
+
+    Raises:
+        ValueError: malformed branch metadata.
+        HeadDoesNotFit: a start, row, index or shape other than this base's.
     """
     branch = head.metadata.get("branch")
     start, layers = branch.get("start") if isinstance(branch, dict) else None, len(base_facts(base).layers)
     if not (is_int(start) and 1 <= start < layers - 1):
-        raise ValueError(
+        raise HeadDoesNotFit(
             f"{head.where} owns layers from {start} on, but this base has layers 0..{layers - 1}; load the base "
             "it was trained on"
         )
     shapes = {key: tuple(value.shape) for key, value in head.tensors.items()}
-    where = f"{head.where} (its own copy of layers {start}..{layers - 2})"
+    end = branch.get("end", layers - 1)
+    where = f"{head.where} (its own copy of layers {start}..{end - 1 if is_int(end) else end})"
     check_branch_fits_base(branch, shapes, base, where)
 
 
@@ -163,15 +152,16 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     """One model = the base trunk (byte for byte), the base's own head (if kept) and each extra head side by side.
 
     Class indices: the base's names first, then each head's in the order given. With a single head in total the
-    result is a plain Detect model (no ConcatHead), e.g. the trunk + one new head. A model with several heads
-    refuses class-agnostic NMS (see `guard_merged`).
+    result is a plain Detect model (no ConcatHead), e.g. the trunk + one new head. A model with several heads runs
+    NMS per head, so each head's detections are exactly its own, and refuses class-agnostic NMS (`headkit.nms`).
 
     Args:
         limits: caps on heads and classes, checked before anything is built; default
             `headkit.settings.current_limits()` (the defaults, or `HEADKIT_MAX_*` variables).
 
     Raises:
-        ValueError: the base cannot carry heads, or a head does not fit this base.
+        ValueError: the base cannot carry heads, or a head is malformed.
+        HeadDoesNotFit: a head made for another base.
         LimitExceeded: more heads or classes than `limits` allow.
     """
     ensure_detect_base(base)
@@ -186,8 +176,8 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     inner = detection_model(merged)  # the copy's own model, rebuilt below
     old = inner.model[-1]
     parameter = next(old.parameters())
-    built = [
-        head.build_branch(base, device=parameter.device, dtype=parameter.dtype)
+    built = [  # checked above, once: built without comparing again
+        head.assemble_branch(base, device=parameter.device, dtype=parameter.dtype)
         if head.kind.is_branch
         else head.build(device=parameter.device, dtype=parameter.dtype)
         for head in heads
@@ -195,13 +185,13 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     detects = ([old] if keep_base_head else []) + built
     names = _unique_names(([inner.names] if keep_base_head else []) + [head.names for head in heads])
 
-    if len(detects) == 1 and isinstance(detects[0], Branch):  # the trunk + one branch head: a plain model
+    if len(detects) == 1 and isinstance(detects[0], Branch) and detects[0].end == old.i:  # trunk + branch: plain
         branch = detects[0]
         for layer in branch.layers:
             inner.model[layer.i] = layer
         detects = [branch.detect]
     shared = sorted({i for d in detects if isinstance(d, Branch) for i in d.inputs})
-    if len(detects) == 1:
+    if len(detects) == 1 and not isinstance(detects[0], Branch):  # a lone path branch reads the base's maps: joined
         new = detects[0]
         new.f, new.type = old.f, "Detect"
     else:
@@ -219,6 +209,8 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
     merged.headkit_source = getattr(base, "headkit_source", None)
     merged.headkit_heads = [head.metadata for head in heads]
     inner.pt_path = merged.ckpt_path = str(merged_file_name(base, heads, keep_base_head=keep_base_head))
+    from .nms import guard_merged  # Ultralytics' engine: catalog and hub import this module without running a model
+
     guard_merged(merged)
     LOGGER.info("merged %d head(s) onto %s: %d classes", len(heads), fingerprint(base)[:12], len(names))
     return merged

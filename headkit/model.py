@@ -16,7 +16,7 @@ from ultralytics.nn import tasks
 from ultralytics.nn.modules.head import Detect
 
 from .basefile import load_base
-from .concat import guard_merged
+from .nms import guard_merged
 from .sources import resolve
 from .trunk import base_facts, detection_model
 
@@ -62,7 +62,7 @@ def load_model(source: str | Path, *, revision: str | None = None) -> YOLO:
                 "saved by Ultralytics (model.save or a training run's best.pt)"
             ) from e
     model.headkit_source = text
-    guard_merged(model)  # a merged .pt refuses class-agnostic NMS as the merged model it was saved from did
+    guard_merged(model)  # a merged .pt runs NMS per head and refuses class-agnostic NMS, as when it was merged
     if isinstance(detection_model(model).model[-1], Detect):
         base_facts(model)  # worked out once, here; the modules a base passes through ask this record
     return model

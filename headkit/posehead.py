@@ -1,8 +1,8 @@
 """The keypoint trick: train the extra head as a one-keypoint Pose head, then keep only its Detect part.
 
-A Pose head is a Detect head (box branch `cv2`, class branch `cv3`, `dfl`) plus a keypoint branch `cv4`; each branch
-reads the trunk's feature maps on its own. Trained on box centres as keypoints with the box and DFL loss gains cut to
-0.01, a trainable trunk would learn from the centre-distance loss. Here the trunk is frozen, so the keypoint loss only
+A Pose head is a Detect head (box, class and DFL branches) plus a keypoint branch `cv4`; each branch reads the
+trunk's feature maps on its own. Trained on box centres as keypoints with the box and DFL loss gains cut to 0.01, a
+trainable trunk would learn from the centre-distance loss. Here the trunk is frozen, so the keypoint loss only
 trains `cv4`, which is dropped: what reaches the kept head are the lowered box/DFL gains, the trainer's global
 gradient-norm clipping (which counts `cv4`) and best-epoch selection on box + keypoint mAP. The result is a plain
 Detect head: same tensors as any other head, no inference cost.
@@ -147,7 +147,7 @@ def train_pose_head(
 
 
 def detect_head_from_pose(trained_pose: YOLO, base, **metadata: Any) -> Head:
-    """The trained Pose head's box and class branches (cv2, cv3, dfl) as a Detect head; the keypoint branch is dropped.
+    """The trained Pose head's box, class and DFL branches as a Detect head; the keypoint branch is dropped.
 
     Metadata and the trunk check are `extract_head`'s, with `trained_with="keypoint-trick"`.
 

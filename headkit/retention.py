@@ -34,7 +34,7 @@ def kept_detections(base_rows: np.ndarray, base_names: dict, rows: np.ndarray, n
     return kept
 
 
-def rows_of(result) -> np.ndarray:
+def detection_rows(result) -> np.ndarray:
     """An Ultralytics result's boxes as (N, 6) float rows [x1, y1, x2, y2, conf, cls]."""
     boxes = result.boxes
     return np.concatenate(

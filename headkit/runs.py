@@ -1,7 +1,8 @@
 """A training run as one object: what to train, one thread, typed events, Stop; and the server's line of runs.
 
 `Runs.start(owner, request, work)` returns a `Run`. Its thread waits in line for the server's training slot (one
-training at a time stays the rule), then calls `work(request, stop, report)` — `perform` in this process, or the
+training at a time stays the rule), then calls `work(request, stop, report)` — `perform_in_worker` (the server's way:
+`perform` in a worker process with hard memory and time caps, `headkit.worker`), `perform` in this process, or the
 app's wrapper that runs it inside one `spaces.GPU` call on ZeroGPU — and keeps what it reports. Each result is saved
 into the job as it comes and kept as a small record (`SavedHead`, `SavedFineTune`), so a run whose page is gone still
 leaves its head, and a finished run holds no model. Any number of followers replay the events from the start, or
@@ -28,8 +29,11 @@ from typing import Any
 from .finetune import finetune, save_finetuned
 from .jobs import Job
 from .limits import Limits
+from .model import load_model
 from .progress import TrainingCancelled, TrainProgress
+from .settings import current_limits
 from .train import TrainResult, default_device, train_head
+from .worker import format_duration, run_in_worker
 
 BEFORE_START = "training stopped before it started: Stop was pressed while it waited for the training slot"
 ON_REQUEST = "training stopped on request"
@@ -191,6 +195,50 @@ def perform(request: TrainingRequest, base, stop: Callable[[], bool], report: Ca
         reported(saved)
 
 
+def perform_in_worker(
+    request: TrainingRequest,
+    stop: Callable[[], bool],
+    report: Callable[[Any], None],
+    *,
+    limits: Limits | None = None,
+    load: Callable[[str], Any] = load_model,
+) -> None:
+    """`perform` in a worker process (`headkit.worker`), as a run's work: what training costs stays in the worker.
+
+    The worker loads the base itself, `load(request.base)` (a path, a bare name or `hf://`: what `load_model` takes),
+    trains and saves into the job; its events come to `report` here, in order. Stop reaches it through the job's
+    stop marker, written here while `stop()` is True (so `max_train_s` stops it too). The worker is killed past
+    `max_worker_mb` of memory, or `max_worker_s` after `max_train_s` (by which it should have stopped itself between
+    batches). Its memory, allocator arenas and threads go with it: the server's memory does not grow run by run.
+
+    Raises:
+        TrainingCancelled: a stop was asked for; nothing more is saved.
+        WorkerLimitExceeded: the worker went over `max_worker_mb` or its wall time and was killed.
+        WorkerCrashed: the worker died otherwise.
+    """
+    limits = current_limits() if limits is None else limits
+    job = Job(request.job_dir)
+    job.clear_stop()  # a marker from before this run must not stop it
+
+    def pass_stop_on() -> None:
+        if stop() and not job.stop_requested():  # again if the worker cleared it at its start
+            job.request_stop()
+
+    try:
+        run_in_worker(
+            _perform_loaded, request, load, task="training", limits=limits,
+            advice="train at a smaller image size or batch, or without the comparison fine-tune",
+            seconds=limits.max_train_s + limits.max_worker_s, events=report, tick=pass_stop_on,
+        )  # fmt: skip
+    finally:
+        job.clear_stop()
+
+
+def _perform_loaded(request: TrainingRequest, load: Callable[[str], Any], report: Callable[[Any], None]) -> None:
+    """`perform_in_worker`'s work, in the worker: Stop comes through the job's marker, which `perform` polls."""
+    perform(request, load(request.base), lambda: False, report)
+
+
 def streamed(request: TrainingRequest, base) -> Iterator[Any]:
     """`perform`'s events as a generator, for a caller that must yield them (a `spaces.GPU` call streams what its
     function yields back to the app). Stop reaches it through the job's stop marker; a consumer that goes away
@@ -330,17 +378,11 @@ class Run:
             return Failed(_detached(error))
         if self._timed_out:
             return Stopped(
-                f"training stopped at the time limit of {_duration(self.limit_s)} of training since the run got the "
+                f"training stopped at the time limit of {format_duration(self.limit_s)} of training since the run got the "
                 "training slot (max_train_s); raise HEADKIT_MAX_TRAIN_S on the server, or train fewer epochs, a "
                 "smaller image size or fewer images"
             )
         return Stopped(ON_REQUEST)
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.3g} h"
-    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
 
 
 def _detached(error: BaseException) -> BaseException:
@@ -469,3 +511,14 @@ class Runs:
         done = sorted((run.ended_at, id(run)) for _, run in self._runs if run.ended)
         dropped = {key for _, key in done[: max(len(done) - self.limits.max_kept_runs, 0)]}
         self._runs = [(who, run) for who, run in self._runs if id(run) not in dropped]
+
+
+def stopped_stage(run: Run) -> str | None:
+    """Where a run that ended `Stopped` was when it stopped: "waiting" (it never trained: Stop took it out of the
+    line), "head" (nothing was saved) or "fine-tune" (its head is saved; the comparison fine-tune stopped).
+    None when the run has not stopped."""
+    if not isinstance(run.outcome, Stopped):
+        return None
+    if run.started_at is None:
+        return "waiting"
+    return "fine-tune" if any(isinstance(event, SavedHead) for event in run.events) else "head"

@@ -53,6 +53,11 @@ class Settings:
         limits: resource limits (`HEADKIT_MAX_*`, see `headkit.limits.ENV`).
         browser_secret: encrypts the user key each browser keeps (`HEADKIT_BROWSER_SECRET`); None: a new one per
             server start, so browsers get new keys after a restart.
+        require_login: training needs a Hugging Face sign-in, and runs in line are counted per account
+            (`HEADKIT_REQUIRE_LOGIN`; default on when `SPACE_ID` is set, i.e. on a Space); off: per address.
+        trust_forwarded_for: the client's address is the last X-Forwarded-For entry, the one the proxy in front
+            appended (`HEADKIT_TRUST_FORWARDED_FOR`; default on when `SPACE_ID` is set: every request reaches a
+            Space from its proxy's address). Off: the connection's address, as uvicorn resolves it.
     """
 
     weights_dirs: tuple[Path, ...] = ()
@@ -70,10 +75,19 @@ class Settings:
     oauth: bool = False
     limits: Limits = field(default_factory=Limits)
     browser_secret: str | None = None
+    require_login: bool = False
+    trust_forwarded_for: bool = False
+
+    @property
+    def visitor_hub_cache(self) -> Path:
+        """Where visitors' `hf://` heads are downloaded: a folder of the jobs root (hidden, so the age sweep of job
+        folders leaves it to its own size sweep), so its files count in `max_server_mb`; never the operator's cache."""
+        return self.jobs_dir / ".hub-cache"
 
     @classmethod
     def from_env(cls) -> Settings:
         owners = os.environ.get("HEADKIT_TRUSTED_OWNERS", "Ultralytics")
+        on_space = "1" if os.environ.get("SPACE_ID") else "0"
         return cls(
             weights_dirs=_paths(os.environ.get("HEADKIT_WEIGHTS_DIR", "")),
             trusted_owners=frozenset(o.strip().lower() for o in owners.split(",") if o.strip()),
@@ -92,6 +106,8 @@ class Settings:
             oauth=bool(os.environ.get("OAUTH_CLIENT_ID")),
             limits=Limits.from_mapping(dict(os.environ)),
             browser_secret=os.environ.get("HEADKIT_BROWSER_SECRET") or None,
+            require_login=_flag("HEADKIT_REQUIRE_LOGIN", on_space),
+            trust_forwarded_for=_flag("HEADKIT_TRUST_FORWARDED_FOR", on_space),
         )
 
 
@@ -101,7 +117,7 @@ def current_limits() -> Limits:
 
 
 def _flag(name: str, default: str = "0") -> bool:
-    return os.environ.get(name, default).strip().lower() in {"1", "true", "yes", "on"}
+    return (os.environ.get(name, "").strip() or default).lower() in {"1", "true", "yes", "on"}
 
 
 def _hub_cache() -> Path | None:

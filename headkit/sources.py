@@ -4,7 +4,8 @@ Two sorts of caller reach the Hub through `resolve`:
 
 - a local user or the operator (`headkit.load_model`, `headkit.load_head`): requests carry `HF_TOKEN`, their own token;
 - a visitor of the app, whose typed `hf://` head address is downloaded with `anonymous=True` (never the server's
-  token) and a size cap (`limits`), checked against the Hub's metadata before a byte of the file is fetched.
+  token) and a size cap (`limits`), checked against the Hub's metadata before a byte of the file is fetched, into a
+  cache headkit owns (in the jobs folder, counted in `max_server_mb`, swept to `max_hub_cache_mb`).
 
 Pickles (`PICKLE_SUFFIXES`) come only from trusted owners, and only from a branch or tag of theirs (or a commit one
 points at): a pull-request ref holds whatever a stranger pushed to it. Both are checked before the download.
@@ -12,13 +13,16 @@ points at): a pull-request ref holds whatever a stranger pushed to it. Both are 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .disk import sweep_oldest
 from .limits import Limits
 from .settings import DEFAULT_BASE, SHIPPED_BASES, Settings, restore_hint
 
@@ -117,12 +121,15 @@ def _hub_errors(hub_file: HubFile, settings: Settings, anonymous: bool) -> Itera
         raise FileNotFoundError(f"{hub_file}: no file '{hub_file.filename}' in '{hub_file.repo_id}'") from e
 
 
-def _check_on_hub(hub_file: HubFile, settings: Settings, token: str | bool | None, limits: Limits | None) -> bool:
+def _check_on_hub(
+    hub_file: HubFile, settings: Settings, token: str | bool | None, limits: Limits | None
+) -> tuple[bool, int | None]:
     """Ask the Hub for the file (a HEAD, with `token`) before downloading it: readable, and not over `limits`.
 
     An error reply (no such repo, private, no such file) is raised here: huggingface_hub would fall back to a cached
-    copy, which may have been fetched with other credentials. Returns False when the Hub cannot be reached: then the
-    cache answers at once (huggingface_hub would retry for ~23 s first), checked on disk after.
+    copy, which may have been fetched with other credentials. Returns whether the Hub answered (when it cannot be
+    reached the cache answers at once, as huggingface_hub would after retrying for ~23 s, checked on disk after) and
+    the size it reported.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
@@ -131,16 +138,21 @@ def _check_on_hub(hub_file: HubFile, settings: Settings, token: str | bool | Non
         size = get_hf_file_metadata(url, token=token, endpoint=settings.hf_endpoint).size
     except _unreachable() as e:
         LOGGER.warning("%s: not checked on the Hub before download (%s); checking the cached copy", hub_file, e)
-        return False
+        return False, None
     if limits is None:
-        return True
+        return True, size
     if size is None:
         raise ValueError(
             f"{hub_file}: the Hub did not report the file's size, so it cannot be checked against max_head_mb "
             "before downloading; download the file yourself and upload it"
         )
     limits.check("max_head_mb", size / 2**20, f"{hub_file}: size on the Hub in MiB")
-    return True
+    return True, size
+
+
+def visitor_cache_bound_mb(limits: Limits) -> float:
+    """The most visitors' Hub downloads may keep (`max_hub_cache_mb`, never over `max_server_mb`)."""
+    return min(limits.max_hub_cache_mb, limits.max_server_mb)
 
 
 def download(
@@ -152,36 +164,63 @@ def download(
 
     Args:
         anonymous: send no credentials (`token=False`: not even HF_TOKEN), for an address someone else typed; a
-            repository the public cannot read is refused even when a copy is cached.
+            repository the public cannot read is refused even when a copy is cached. The file goes to the visitors'
+            cache (`Settings.visitor_hub_cache`, in the jobs folder, counted in `max_server_mb`), swept least
+            recently used first to `visitor_cache_bound_mb` before the download (room for the size the Hub reports)
+            and after it.
         limits: refuse a file over `limits.max_head_mb`: by the Hub's metadata before downloading (online) and by
             its size on disk after (always); None: no cap.
 
     Raises:
         FileNotFoundError: no such repository (or not readable), revision or file.
         ConnectionError: offline or unreachable, and not cached.
-        LimitExceeded: over `limits.max_head_mb`.
+        LimitExceeded: over `limits.max_head_mb`, or (anonymous) over the visitors' cache bound.
     """
     from huggingface_hub import hf_hub_download
 
     settings = settings or Settings.from_env()
     token = False if anonymous else settings.token
+    cache = settings.visitor_hub_cache if anonymous else settings.hub_cache
     with _hub_errors(hub_file, settings, anonymous):
-        cache_only = settings.offline
+        cache_only, size = settings.offline, None
         if (anonymous or limits is not None) and not settings.offline:
-            cache_only = not _check_on_hub(hub_file, settings, token, limits)
+            answered, size = _check_on_hub(hub_file, settings, token, limits)
+            cache_only = not answered
+        if anonymous:
+            _sweep_visitor_cache(cache, limits or settings.limits, incoming=size or 0, what=str(hub_file))
         path = hf_hub_download(
             hub_file.repo_id,
             hub_file.filename,
             revision=hub_file.revision,
             endpoint=settings.hf_endpoint,
             token=token,
-            cache_dir=settings.hub_cache,
+            cache_dir=cache,
             local_files_only=cache_only,
         )
+    if anonymous:
+        os.utime(Path(path).resolve())  # used now: the sweep removes the least recently used first
+        _sweep_visitor_cache(cache, limits or settings.limits, incoming=0, keep=Path(path), what=str(hub_file))
     if limits is not None:
         limits.check("max_head_mb", Path(path).stat().st_size / 2**20, f"{hub_file}: file size in MiB")
     LOGGER.info("pulled %s -> %s", hub_file, path)
     return Path(path)
+
+
+def _sweep_visitor_cache(cache: Path, limits: Limits, *, incoming: int, what: str, keep: Path | None = None) -> None:
+    """Sweep the visitors' cache down to its bound less `incoming` bytes (one sweep at a time, across processes).
+
+    Raises:
+        LimitExceeded: `incoming` alone is over the bound.
+    """
+    bound = visitor_cache_bound_mb(limits)
+    name = "max_hub_cache_mb" if limits.max_hub_cache_mb <= limits.max_server_mb else "max_server_mb"
+    limits.check(name, incoming / 2**20, f"{what}: size in MiB, for the Hub download cache of typed addresses")
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".sweep.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        removed = sweep_oldest(cache, bound * 2**20 - incoming, keep=keep)
+    if removed:
+        LOGGER.info("removed %d file(s) from the visitors' Hub cache %s (bound %.0f MiB)", len(removed), cache, bound)
 
 
 def check_trusted(hub_file: HubFile, *, settings: Settings | None = None, anonymous: bool = False) -> None:
@@ -257,6 +296,49 @@ def _in_weights_dirs(name: str, settings: Settings) -> Path | None:
     return None
 
 
+_REPO_ADDRESS = re.compile(r"^hf://(?P<repo>[\w.\-]+/[\w.\-]+)/?(?:@(?P<rev>[\w.\-/]+))?$")
+_LISTED_FILES = 1000  # files of a repository's top folder read to find its head
+
+
+def _single_head_file(repo_id: str, revision: str | None, settings: Settings, anonymous: bool) -> HubFile:
+    """`hf://owner/repo` names its one head: the only `.safetensors` file in the repository's top folder.
+
+    Raises:
+        FileNotFoundError: no head file there, or several (named, so the caller can pick one).
+        ConnectionError: offline or unreachable: the files cannot be listed; name the file.
+    """
+    from itertools import islice
+
+    from huggingface_hub import HfApi
+
+    where = HubFile(repo_id, "", revision)
+    if settings.offline:
+        raise ConnectionError(
+            f"hf://{repo_id}: {_why_offline(settings)}, so its files cannot be listed; give the file name, "
+            f"hf://{repo_id}/<file>.safetensors"
+        )
+    api = HfApi(endpoint=settings.hf_endpoint)
+    try:
+        with _hub_errors(where, settings, anonymous):
+            entries = api.list_repo_tree(
+                repo_id, revision=revision, recursive=False, token=False if anonymous else settings.token
+            )
+            names = [getattr(e, "path", "") for e in islice(entries, _LISTED_FILES)]
+    except _unreachable() as e:
+        raise ConnectionError(
+            f"hf://{repo_id}: {_why_offline(settings)}, so its files cannot be listed ({e}); give the file name, "
+            f"hf://{repo_id}/<file>.safetensors"
+        ) from e
+    heads = sorted(name for name in names if name.endswith(".safetensors"))
+    if len(heads) != 1:
+        found = f"head files {', '.join(heads[:10])}{' ...' if len(heads) > 10 else ''}" if heads else "no head file"
+        raise FileNotFoundError(
+            f"hf://{repo_id} holds {found} (.safetensors) in its top folder; name the one to load, "
+            f"hf://{repo_id}/{heads[0] if heads else '<file>.safetensors'}"
+        )
+    return HubFile(repo_id, heads[0], revision)
+
+
 def resolve(
     source: str | Path,
     *,
@@ -277,7 +359,9 @@ def resolve(
     """
     settings = settings or Settings.from_env()
     text = str(source).strip()
-    if text.startswith(HF_SCHEME):
+    if text.startswith(HF_SCHEME) and (repo_only := _REPO_ADDRESS.fullmatch(text)):
+        hub_file = _single_head_file(repo_only["repo"], revision or repo_only["rev"], settings, anonymous)
+    elif text.startswith(HF_SCHEME):
         hub_file = parse_hub_url(text, revision=revision)
     else:
         path = Path(text).expanduser()

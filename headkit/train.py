@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -15,8 +16,10 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules.head import Detect
 
 from .base import clone_model, ensure_detect_base
-from .headfile import Head, extract_head, is_legacy, light_detect
-from .kinds import PLAIN, resolve_branch
+from .branch import Branch, BranchDetect, copy_layers
+from .detect import DetectLayout, class_branch_like, light_detect, narrow_detect
+from .headfile import Head, extract_head
+from .kinds import PLAIN, branch_end, branch_inputs, resolve_branch
 from .merging import merge
 from .posehead import detect_head_from_pose, train_pose_head
 from .progress import TrainingCancelled, TrainProgress, train_reporting  # noqa: F401 (callers catch it from here)
@@ -82,6 +85,7 @@ def train_head(
     init_head: Head | None = None,
     branch: str | int = "head",
     class_branch: str = "base",
+    class_width: int | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a new head for the dataset's classes on the base's frozen layers with Ultralytics' own trainer.
@@ -104,33 +108,47 @@ def train_head(
             (`headkit.posehead`); the head is marked `trained_with: keypoint-trick`.
         init_head: start from this head's weights instead of the base head's (e.g. to go on training a head at a
             larger image size); it must fit the base, and its branch decides the branch.
-        branch: "head", "neck" or a layer index (see `headkit.kinds.resolve_branch`).
+        branch: "head", "neck", "p3" or a layer index (see `headkit.kinds.resolve_branch`). "p3" owns only the layers
+            feeding the Detect's first input after the backbone (`headkit.kinds.path_range`; YOLOv8: 10-15), its other
+            inputs the base's own maps; it trains beside the frozen base in the Detect slot (`BranchDetect`).
         class_branch: "base" builds the new Detect like the base's; "light" gives it the depthwise class branch of
-            YOLO11/YOLO26 (`legacy=False`: fewer parameters and FLOPs) on any base. With `init_head`, that head's
+            YOLO11/YOLO26 (`DetectLayout.depthwise`: fewer parameters and FLOPs) on any base. With `init_head`, that head's
             layout decides.
+        class_width: a narrow class branch of this hidden width (`headkit.detect.narrow_widths`, below the base's),
+            started from the base's own class branch: its strongest channels (`headkit.detect.narrow_detect`). Fewer
+            FLOPs for a head of few classes; the box branch is the base's, as for "base". Not with
+            class_branch="light", the keypoint trick or `init_head` (whose layout decides).
         **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
     """
     ensure_detect_base(base)
     start = init_head.kind.branch_start if init_head is not None else resolve_branch(base, branch)
+    end = None if init_head is not None else branch_end(base, branch)
     light = _light_class_branch(base, class_branch, init_head)
+    _check_path(end, init_head, light=light, keypoint_trick=keypoint_trick)
     if light and keypoint_trick:
         raise ValueError(
             "class_branch='light' on this base is not available with keypoint_trick=True (the pose variant is built "
             "from the base's own architecture); train with class_branch='base', or without the keypoint trick"
         )
+    _check_class_width(class_width, light=light, keypoint_trick=keypoint_trick, init_head=init_head)
+    path = None if end is None else (start, end)
+    model = None if keypoint_trick else _start_model(base, init_head, class_width, path)  # refuses a bad width first
     yaml_path = _data_yaml(data, base)
     settings = _settings(
         base, yaml_path, start, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=project, name=name
     )
     if light:
         settings["trainer"] = LightHeadTrainer
+    if class_width is not None or end is not None:
+        settings["trainer"] = ShapedHeadTrainer
+    if end is not None:
+        settings["freeze"] = base_facts(base).head_index  # the base's own layers all stay; the branch trains beside
     settings.update(overrides)
     started = time.perf_counter()
     if keypoint_trick:
         model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop)
         run_dir = Path(trainer.save_dir)
     else:
-        model = _start_model(base, init_head)
         run_dir = train_reporting(model, settings, progress, stop)
     seconds = time.perf_counter() - started
     # read from the run folder, not the trainer: under DDP this process's trainer never validates
@@ -139,7 +157,9 @@ def train_head(
     if keypoint_trick:
         head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics, branch_start=start)
     else:
-        head = extract_head(model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start)
+        head = extract_head(
+            model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start, branch_end=end
+        )
     LOGGER.info("trained head %s in %.1fs: %s", head.names, seconds, metrics.get("all"))
     return TrainResult(head=head, metrics=metrics, run_dir=run_dir, seconds=seconds)
 
@@ -153,17 +173,86 @@ def _light_class_branch(base, class_branch: str, init_head: Head | None) -> bool
     choice = class_branch.strip().lower() if isinstance(class_branch, str) else class_branch
     if choice not in CLASS_BRANCHES:
         raise ValueError(f"class_branch={class_branch!r}: expected one of {', '.join(map(repr, CLASS_BRANCHES))}")
-    if not is_legacy(base_facts(base).detect):
+    if base_facts(base).layout.depthwise:
         return False  # YOLO11/YOLO26 heads already have the depthwise class branch: "light" is the base's style
     if init_head is None:
         return choice == "light"
-    init_light = init_head.metadata.get("legacy") is False
+    init_light = init_head.layout.depthwise
     if choice == "light" and not init_light:
         raise ValueError(
-            f"class_branch='light', but {init_head.where} has the base's class branch (legacy=True); a run goes on "
+            f"class_branch='light', but {init_head.where} has the base's class branch (YOLOv8's); a run goes on "
             "with its init head's layout — leave class_branch at 'base', or train a new light head without init_head"
         )
     return init_light
+
+
+def _check_class_width(class_width: int | None, *, light: bool, keypoint_trick: bool, init_head: Head | None) -> None:
+    """Refuse `class_width` where a run cannot narrow the class branch (its range is checked by `narrow_detect`).
+
+    Raises:
+        ValueError: not an int, or with class_branch='light', the keypoint trick or an init head.
+    """
+    if class_width is None:
+        return
+    if isinstance(class_width, bool) or not isinstance(class_width, int):
+        raise ValueError(f"class_width={class_width!r}: expected a number of channels (an int) or None")
+    clash = (
+        "class_branch='light' (a fresh depthwise branch)" if light
+        else "keypoint_trick=True (the pose variant is built from the base's own architecture)" if keypoint_trick
+        else f"init_head ({init_head.where}'s own layout decides)" if init_head is not None
+        else None
+    )  # fmt: skip
+    if clash:
+        raise ValueError(f"class_width={class_width} is not available with {clash}; leave class_width unset")
+
+
+def _check_path(end: int | None, init_head: Head | None, *, light: bool, keypoint_trick: bool) -> None:
+    """Refuse a path branch ("p3") with what cannot carry it yet, and an init head that is one.
+
+    Raises:
+        ValueError: the light class branch or keypoint trick with "p3", or a path-branch init head.
+    """
+    if init_head is not None and init_head.kind.branch_end is not None:
+        raise ValueError(
+            f"{init_head.where} is a path branch ({init_head.kind.describe()}); going on training one is not "
+            "supported yet — train a new one with branch='p3'"
+        )
+    clash = "class_branch='light'" if light else "keypoint_trick=True" if keypoint_trick else None
+    if end is not None and clash:
+        raise ValueError(f"branch='p3' is not available with {clash}; use class_width= for a lighter class branch")
+
+
+class ShapedHeadTrainer(DetectionTrainer):
+    """Ultralytics' detect trainer, whose model's Detect takes the class-branch layout of the model it starts from.
+
+    The trainer builds its model from the base's architecture (Ultralytics' class width) and loads the tensors whose
+    shapes match; a narrow start (`narrow_detect`) matches none of the class branch's, so `get_model` puts a Detect
+    of the start's layout and the run's classes in its place (`class_branch_like`), warm from the start's tensors.
+    A path branch's start has a `BranchDetect` in the Detect slot: the run's gets copies of its layers and a Detect
+    of the run's classes warm from its Detect. The shape travels with the start model, so a multi-GPU run's workers
+    build the same. Module-level: Ultralytics' DDP launch pickles it by name.
+    """
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        source = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        layer = getattr(source, "model", [None])[-1] if isinstance(source, torch.nn.Module) else None
+        path = layer if isinstance(layer, BranchDetect) else None
+        layer = path.detect if path is not None else layer
+        detect = model.model[-1]
+        if path is not None:  # the slot's tensors had other names: none were loaded from the start
+            ours = detect.state_dict()
+            warm = {k: v for k, v in layer.state_dict().items() if k in ours and v.shape == ours[k].shape}
+            detect.load_state_dict(warm, strict=False)
+        if isinstance(layer, Detect) and (
+            DetectLayout.from_detect(layer).class_width != DetectLayout.from_detect(detect).class_width
+        ):
+            detect = class_branch_like(detect, layer)
+        if path is not None:
+            detect = _path_detect([copy.deepcopy(m) for m in path.branch.layers], detect, path.branch, detect.i)
+            model.save = sorted(set(model.save) | set(detect.f))
+        model.model[-1] = detect
+        return model
 
 
 class LightHeadTrainer(DetectionTrainer):
@@ -204,8 +293,27 @@ def _settings(
     }
 
 
-def _start_model(base, init_head: Head | None):
-    """The model training starts from: a copy of the base, or the base with `init_head` in place of its head."""
+def _path_detect(layers: list, detect: Detect, like, index: int) -> BranchDetect:
+    """A `BranchDetect` of `layers` and `detect`, reading what `like` (a Branch) reads, for model slot `index`."""
+    slot = BranchDetect(Branch(layers, detect, like.inputs, like.detect_from))
+    slot.i = index
+    slot.np = sum(p.numel() for p in slot.parameters())
+    return slot.train(detect.training)
+
+
+def _start_model(base, init_head: Head | None, class_width: int | None = None, path: tuple[int, int] | None = None):
+    """The model training starts from: a copy of the base (its class branch narrowed to `class_width`, warm; with a
+    path branch of layers `path` (start, end), its Detect slot a `BranchDetect` of copies of those base layers), or
+    the base with `init_head` in place of its head."""
     model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
+    inner = detection_model(model)
+    if class_width is not None:
+        inner.model[-1] = narrow_detect(inner.model[-1], class_width)
+    if path is not None:
+        facts, (start, end) = base_facts(base), path
+        layers = copy_layers(base, start, end=end)
+        like = Branch(layers, inner.model[-1], branch_inputs(base, start, end), facts.detect_from)
+        inner.model[-1] = _path_detect(layers, inner.model[-1], like, facts.head_index)
+        inner.save = sorted(set(inner.save) | set(like.inputs))
     model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
     return model

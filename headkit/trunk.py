@@ -7,6 +7,7 @@ loading, training, extraction and merging is read once, not at every stop.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from types import MappingProxyType
 import torch
 from torch import nn
 from ultralytics.nn.modules.head import Detect
+
+from .detect import DetectLayout
 
 # Bookkeeping counters, not weights: they change during training without changing a single output.
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -42,10 +45,6 @@ class BaseFacts:
         head_index: index of the (last) Detect layer: 22 for YOLOv8, 23 for YOLO11, read, never assumed.
         detect: that layer (a `ConcatHead` on a merged model).
         detect_from: the layers whose outputs it reads.
-        channels: their widths, the Detect's input channels (a merged model's: its first head's).
-        strides: the Detect's strides in pixels, one per input.
-        reg_max: box distribution bins per side.
-        end2end: the Detect has a one-to-one (NMS-free) branch, as YOLO26's has.
         names: class id -> name.
     """
 
@@ -53,10 +52,6 @@ class BaseFacts:
     head_index: int
     detect: nn.Module = field(repr=False)
     detect_from: tuple[int, ...]
-    channels: tuple[int, ...]
-    strides: tuple[float, ...]
-    reg_max: int
-    end2end: bool
     names: Mapping[int, str]
     stamp: tuple = field(repr=False)
     _fingerprints: dict = field(default_factory=dict, repr=False)
@@ -64,6 +59,29 @@ class BaseFacts:
     @property
     def layers(self) -> nn.Sequential:
         return self.inner.model
+
+    @functools.cached_property
+    def layout(self) -> DetectLayout:
+        """The Detect's layout (`headkit.detect`); a merged model's is its first head's (the base's own, if kept)."""
+        first = self.detect.heads[0] if isinstance(getattr(self.detect, "heads", None), nn.ModuleList) else self.detect
+        return DetectLayout.from_detect(getattr(first, "detect", first))  # a Branch head's Detect
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """The Detect's input widths, one per feature map."""
+        return self.layout.channels
+
+    @property
+    def strides(self) -> tuple[float, ...]:
+        return self.layout.strides
+
+    @property
+    def reg_max(self) -> int:
+        return self.layout.reg_max
+
+    @property
+    def end2end(self) -> bool:
+        return self.layout.end2end
 
     @property
     def fingerprint(self) -> str:
@@ -111,18 +129,11 @@ def _work_out(inner: nn.Module, stamp: tuple) -> BaseFacts:
     if index is None:
         raise ValueError("this model has no Detect head; expected an Ultralytics detection model")
     detect = layers[index]
-    first = detect.heads[0] if isinstance(getattr(detect, "heads", None), nn.ModuleList) else detect
-    first = getattr(first, "detect", first)  # a Branch head's Detect
-    cv2 = getattr(first, "cv2", None)
     return BaseFacts(
         inner=inner,
         head_index=index,
         detect=detect,
         detect_from=tuple(int(i) for i in ([detect.f] if isinstance(detect.f, int) else detect.f)),
-        channels=tuple(int(branch[0].conv.in_channels) for branch in cv2) if cv2 is not None else (),
-        strides=tuple(float(s) for s in detect.stride),
-        reg_max=int(detect.reg_max),
-        end2end=getattr(first, "one2one_cv2", None) is not None,
         names=MappingProxyType({int(k): str(v) for k, v in (getattr(inner, "names", None) or {}).items()}),
         stamp=stamp,
     )

@@ -8,6 +8,8 @@ would run, so a stored zip is what reaches the JSON and label checks, as an atta
 from __future__ import annotations
 
 import json
+import os
+import random
 import zipfile
 from pathlib import Path
 
@@ -75,3 +77,38 @@ def label_file_with_boxes(image: Path, out: Path, *, boxes: int = 10_000) -> Pat
         "data.yaml": b"train: images/train\nval: images/val\nnames: [plate]\n",
     }
     return _zip(out, files)
+
+
+def coco_of_tiny_images(out: Path, *, records: int = 20_000) -> Path:
+    """A COCO folder of `records` 16 x 16 images (hard links of one PNG: cheap to make) beside
+    `annotations/instances_train.json`, one box each: the upload top holds every image, which made a per-record look
+    around the top cost O(records) each (19,999 records: > 240 s of CPU per call)."""
+    (out / "annotations").mkdir(parents=True)
+    one = out.parent / f"{out.name}-pixel.png"
+    Image.new("RGB", (16, 16), (90, 90, 90)).save(one)
+    images, annotations = [], []
+    for i in range(records):
+        name = f"img{i:06d}.png"
+        os.link(one, out / name)
+        images.append({"id": i, "file_name": name, "width": 16, "height": 16})
+        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 8, 8], "iscrowd": 0})
+    data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    (out / "annotations" / "instances_train.json").write_text(json.dumps(data))
+    return out
+
+
+def json_files_each_under_the_limit(image: Path, out: Path, *, strings: int) -> Path:
+    """Three COCO files (train, val, test), each holding a list of `strings` two-letter strings: each file passes the
+    per-file JSON limits, and all three are parsed and kept at once (a 48 MiB zip cost +1.7 GiB per request)."""
+    files = {f"images/{image.name}": image.read_bytes()}
+    for split in ("train", "val", "test"):
+        text = '{"images": [], "annotations": [], "categories": [], "x": [' + '"ab",' * strings + "0]}"
+        files[f"annotations/instances_{split}.json"] = text.encode()
+    return _zip(out, files)
+
+
+def zip_of_random_bytes(out: Path, *, files: int, mib: float) -> Path:
+    """A stored zip of `files` files of random bytes, `mib` MiB in all: it unpacks to what it declares, no bomb."""
+    rng = random.Random(out.name)
+    size = int(mib * 2**20 / files)
+    return _zip(out, {f"images/train/{n:03d}.jpg": rng.randbytes(size) for n in range(files)})

@@ -13,7 +13,18 @@ private (``make_private``) answers only requests carrying its owner's token, as 
 404 with another).
 
 Every request is recorded with its ``Authorization`` header (``received``), so a test asserts which credentials
-reached the hub, not just that a call succeeded.
+reached the hub, not just that a call succeeded, and with the bytes its reply carried (``sent``). File reads honour a
+``Range: bytes=a-b`` header (206 + ``Content-Range``), as the Hub's file storage does.
+
+``GET /api/models`` lists repositories as the Hub answers ``HfApi.list_models``: ``filter`` values ANDed over each
+repository's tags (its card's ``tags`` plus those the Hub derives from the card: ``library_name``, ``pipeline_tag``,
+``license:<id>``, ``base_model:<repo>`` and ``base_model:<relation>:<repo>``), ``search`` (a substring of the id,
+any case), ``author``, ``sort`` (``downloads``, ``likes``, ``createdAt``, ``lastModified``; descending unless
+``direction=1``) and ``limit``; each item has the Hub's default fields, or ``id`` plus the ``expand`` properties
+(``sha``, ``siblings``, ``cardData``, ...), plus ``cardData`` when asked (``cardData=True``), plus ``sha``,
+``siblings`` and ``lastModified`` with ``full=True``. Private repositories are listed to their owner's token only.
+Downloads and likes are what the test sets (``set_stats``); ``createdAt`` is when the repository first appeared.
+``down`` makes every request answer that status at once (a Hub outage).
 """
 
 from __future__ import annotations
@@ -27,10 +38,13 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 logger = logging.getLogger(__name__)
 _Reply = tuple[int, dict[str, str], bytes]
@@ -42,6 +56,7 @@ _ROUTES = [  # (method, path pattern, handler name); first full match wins
     ("POST", re.compile(rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)"), "_commit"),
     ("GET", re.compile(rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"), "_tree"),
     ("GET", re.compile(rf"/api/models/{_REPO}/refs"), "_list_refs"),
+    ("GET", re.compile(r"/api/models/?"), "_list_models"),
     ("GET", re.compile(rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?"), "_model_info"),
     ("GET", re.compile(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "_resolve"),
     ("HEAD", re.compile(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "_resolve"),
@@ -82,6 +97,8 @@ class LoopbackHub:
         requests: every request as ``"METHOD /path"`` (no query string), in arrival order.
         tokens: the bearer token of each request in ``requests`` (``None`` when it had none).
         received: every request as ``Received(method, path, authorization)``, the credentials exactly as sent.
+        sent: every reply as ``(method, path, Range header or None, status, bytes of its body)``.
+        down: None, or the status (e.g. 503) every request is answered with, at once.
 
     Change served repos through ``add_file`` or commits, not in ``root`` directly: older revisions keep their bytes.
     """
@@ -93,6 +110,10 @@ class LoopbackHub:
         self.requests: list[str] = []
         self.tokens: list[str | None] = []
         self.received: list[Received] = []
+        self.sent: list[tuple[str, str, str | None, int, int]] = []
+        self.down: int | None = None
+        self._stats: dict[str, dict[str, int]] = {}  # repo_id -> {"downloads": n, "likes": n}
+        self._created: dict[str, str] = {}  # repo_id -> ISO time it first appeared
         self.slow: dict[str, float] = {}  # repo_id -> seconds every request for it waits (a slow or stalled Hub)
         self._private: dict[str, str] = {}  # repo_id -> the only token that may read or write it
         self._refs: dict[str, dict[str, str]] = {}  # repo_id -> full ref (refs/tags/v1, refs/pr/1) -> commit sha
@@ -119,6 +140,11 @@ class LoopbackHub:
         """Put a copy of ``src`` on ``main`` of ``repo_id`` (creating the repo), as if committed there."""
         with self._lock:
             self._write(repo_id, path_in_repo, Path(src))
+
+    def set_stats(self, repo_id: str, *, downloads: int = 0, likes: int = 0) -> None:
+        """The download and like counts the hub reports for ``repo_id``."""
+        with self._lock:
+            self._stats[repo_id] = {"downloads": downloads, "likes": likes}
 
     def make_private(self, repo_id: str, token: str) -> None:
         """Let only requests bearing ``token`` (the owner's) see ``repo_id``, as for a private repository."""
@@ -180,7 +206,19 @@ class LoopbackHub:
             if blob == file:
                 self._blobs[digest] = file.read_bytes()
 
+    def _appeared(self, repo_id: str) -> None:
+        """Record when ``repo_id`` first appeared: strictly later than every earlier repository, so newest-first is
+        an order even within one millisecond."""
+        if repo_id in self._created:
+            return
+        now = datetime.now(timezone.utc).timestamp()
+        last = max((datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in self._created.values()),
+                   default=0.0)  # fmt: skip
+        stamp = datetime.fromtimestamp(max(now, last + 0.001), timezone.utc)
+        self._created[repo_id] = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
     def _write(self, repo_id: str, path_in_repo: str, content: bytes | Path) -> None:
+        self._appeared(repo_id)
         target = self._file(repo_id, path_in_repo)
         if target.exists():
             self._detach(target)
@@ -224,28 +262,129 @@ class LoopbackHub:
             self.requests.append(f"{method} {url.path}")
             self.tokens.append(token)
             self.received.append(Received(method, url.path, authorization))
-            try:
-                if "create_pr=1" in url.query:
-                    raise _HubError(400, "BadRequest", "pull requests are not supported by the loopback hub")
-                for verb, pattern, name in _ROUTES:
-                    if verb == method and (match := pattern.fullmatch(url.path)):
-                        args = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
-                        return getattr(self, name)(token=token, body=body, query=url.query, **args)
-                raise _HubError(404, "NotFound", f"no route for {method} {url.path}")
-            except _HubError as error:
-                return error.reply
-            except Exception as error:  # a 400 fails the client at once; a dropped connection would be retried
-                logger.exception("loopback hub failed on %s %s", method, url.path)
-                return _HubError(400, "BadRequest", f"loopback hub failed: {error!r}").reply
+            reply = self._route(method, url.path, url.query, token, headers, body)
+            self.sent.append((method, url.path, headers.get("Range"), reply[0], len(reply[2])))
+            return reply
 
-    def _resolve(self, *, token: str | None, repo: str, rev: str, path: str, **_: Any) -> _Reply:
+    def _route(
+        self, method: str, path: str, query: str, token: str | None, headers: Mapping[str, str], body: bytes
+    ) -> _Reply:
+        try:
+            if self.down is not None:
+                raise _HubError(self.down, "ServiceUnavailable", "the loopback hub is down")
+            if "create_pr=1" in query:
+                raise _HubError(400, "BadRequest", "pull requests are not supported by the loopback hub")
+            for verb, pattern, name in _ROUTES:
+                if verb == method and (match := pattern.fullmatch(path)):
+                    args = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+                    return getattr(self, name)(token=token, body=body, query=query, headers=headers, **args)
+            raise _HubError(404, "NotFound", f"no route for {method} {path}")
+        except _HubError as error:
+            return error.reply
+        except Exception as error:  # a 400 fails the client at once; a dropped connection would be retried
+            logger.exception("loopback hub failed on %s %s", method, path)
+            return _HubError(400, "BadRequest", f"loopback hub failed: {error!r}").reply
+
+    def _resolve(
+        self, *, token: str | None, repo: str, rev: str, path: str, headers: Mapping[str, str], **_: Any
+    ) -> _Reply:
         self._repo(repo, token)
         sha, tree = self._tree_at(repo, rev)
         if path not in tree:
             raise _HubError(404, "EntryNotFound", f"{path} does not exist on {rev}", {"X-Repo-Commit": sha})
         blob = self._blobs[tree[path]]
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{tree[path]}"', "Content-Type": "application/octet-stream"}
-        return 200, headers, blob if isinstance(blob, bytes) else blob.read_bytes()
+        content = blob if isinstance(blob, bytes) else blob.read_bytes()
+        reply = {"X-Repo-Commit": sha, "ETag": f'"{tree[path]}"', "Content-Type": "application/octet-stream"}
+        span = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("Range") or "")
+        if span is None:
+            return 200, reply, content
+        start, end = int(span[1]), min(int(span[2] or len(content) - 1), len(content) - 1)
+        if start >= len(content) or end < start:
+            raise _HubError(416, "RangeNotSatisfiable", f"bytes {start}-{end} of {len(content)}")
+        return 206, {**reply, "Content-Range": f"bytes {start}-{end}/{len(content)}"}, content[start : end + 1]
+
+    def _tags(self, repo_id: str, card: dict[str, Any]) -> list[str]:
+        """A repository's tags as the Hub derives them from its card's front matter (a subset of the Hub's rules)."""
+        tags = [str(t) for t in card.get("tags") or [] if isinstance(t, str | int | float)]
+        for key in ("library_name", "pipeline_tag"):
+            if isinstance(card.get(key), str):
+                tags.append(card[key])
+        if isinstance(card.get("license"), str):
+            tags.append(f"license:{card['license']}")
+        base = card.get("base_model")
+        for model in [base] if isinstance(base, str) else base if isinstance(base, list) else []:
+            tags.append(f"base_model:{model}")
+            if isinstance(card.get("base_model_relation"), str):
+                tags.append(f"base_model:{card['base_model_relation']}:{model}")
+        return list(dict.fromkeys(tags))
+
+    def _card_data(self, repo_id: str, tree: dict[str, str]) -> dict[str, Any]:
+        """The README's YAML front matter on main, as the Hub parses it ({} without one)."""
+        if "README.md" not in tree:
+            return {}
+        blob = self._blobs[tree["README.md"]]
+        text = (blob if isinstance(blob, bytes) else blob.read_bytes()).decode("utf-8", "replace")
+        if not text.startswith("---"):
+            return {}
+        front = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+        data = yaml.safe_load(front)
+        return data if isinstance(data, dict) else {}
+
+    def _list_models(self, *, token: str | None, query: str, **_: Any) -> _Reply:
+        """``GET /api/models``: the repositories matching every ``filter`` tag, ``search`` and ``author``."""
+        asked = parse_qs(query)
+        one = {key: values[-1] for key, values in asked.items()}
+        filters = [f for value in asked.get("filter", []) for f in value.split(",") if f]
+        expand = asked.get("expand", []) + asked.get("expand[]", [])
+        found = []
+        repos = sorted({f"{p.parent.name}/{p.name}" for p in self.root.glob("*/*") if p.is_dir()})
+        for repo_id in repos:
+            if repo_id in self._private and token != self._private[repo_id]:
+                continue
+            if "author" in one and repo_id.split("/")[0] != one["author"]:
+                continue
+            if "search" in one and one["search"].lower() not in repo_id.lower():
+                continue
+            sha, tree = self._snapshot(repo_id)
+            card = self._card_data(repo_id, tree)
+            tags = self._tags(repo_id, card)
+            if not all(f in tags for f in filters):
+                continue
+            self._appeared(repo_id)
+            stats = self._stats.get(repo_id, {"downloads": 0, "likes": 0})
+            every = {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "private": repo_id in self._private,
+                "downloads": stats["downloads"],
+                "likes": stats["likes"],
+                "trendingScore": 0,
+                "tags": tags,
+                "pipeline_tag": card.get("pipeline_tag"),
+                "library_name": card.get("library_name"),
+                "createdAt": self._created[repo_id],
+                "lastModified": self._created[repo_id],
+                "siblings": [{"rfilename": path} for path in tree],
+                "cardData": card,
+            }
+            if expand:
+                item = {key: every[key] for key in ("_id", "id", *expand) if key in every}
+            else:
+                default = ("_id", "id", "likes", "trendingScore", "private", "downloads", "tags", "pipeline_tag",
+                           "library_name", "createdAt", "modelId")  # fmt: skip
+                item = {key: every[key] for key in default}
+                if one.get("cardData", "").lower() == "true":
+                    item["cardData"] = card
+                if one.get("full", "").lower() == "true":
+                    item |= {key: every[key] for key in ("sha", "siblings", "lastModified", "author")}
+            found.append((every, item))
+        if one.get("sort") in ("downloads", "likes", "createdAt", "lastModified", "trendingScore"):
+            found.sort(key=lambda pair: pair[0][one["sort"]], reverse=one.get("direction", "-1") != "1")
+        limit = min(int(one.get("limit") or 1000), 1000)
+        return _json([item for _, item in found[:limit]])
 
     def _model_info(self, *, token: str | None, repo: str, rev: str = "main", **_: Any) -> _Reply:
         self._repo(repo, token)
@@ -288,6 +427,7 @@ class LoopbackHub:
         if (self.root / repo_id).is_dir():
             raise _HubError(409, "RepoExists", "You already created this model repo", url=url)
         (self.root / repo_id).mkdir(parents=True)
+        self._appeared(repo_id)
         return _json({"url": url, "name": repo_id})
 
     def _validate_yaml(self, **_: Any) -> _Reply:

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from app_server import REPO, AppServer
 from coco_export import export_coco, zipped
-from conftest import copy_tiny_plates, make_video
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hub_server import LoopbackHub
+from kit import copy_tiny_plates, make_video
 from PIL import Image
 from ultralytics import YOLO
 
@@ -31,6 +31,7 @@ import headkit
 ENDPOINTS = {
     "load_model", "list_heads", "load_head", "compare", "load_dataset", "estimate_training", "train_head",
     "stop_training", "convert_to_keypoints", "merge", "push_head", "compare_video", "resume", "compare_webcam",
+    "find_heads",
 }  # fmt: skip
 BUS_LINE = "Merged model: 4 base-class detections (base alone: 4); largest confidence change against the base: 0"
 
@@ -170,6 +171,33 @@ def test_train_then_compare_merge_and_share_within_the_session(client, app, hub,
         urllib.request.urlopen(f"{app.url}/gradio_api/file={saved}")
 
 
+def test_a_pushed_head_is_listed_for_its_base_and_loads_from_there(app, hub, base_name, plate_head, bus_jpg):
+    """Merge & share pushes the shipped plate head; Compare's "Heads on the Hub for this base" (/find_heads: the
+    loopback Hub searched by the base's fingerprint tag, each file's header checked) lists it, and its address loads
+    into another visitor's session and runs beside the base's detections, unchanged."""
+    pusher, visitor = Client(app.url, verbose=False), Client(app.url, verbose=False)
+    message, pushed = pusher.predict(
+        base_name, "license_plate", "erin/plates", "hf_test_token", None, api_name="/push_head"
+    )
+    assert pushed["base_tag"] == f"headkit-base-{plate_head.base_fingerprint[:16]}" and pushed["base_tag"] in message
+
+    line, table = visitor.predict(base_name, "downloads", 10, api_name="/find_heads")
+    assert table["headers"] == ["repository", "classes", "mAP50", "downloads", "likes", "address"]
+    rows = {row[0]: dict(zip(table["headers"], row, strict=True)) for row in table["data"]}
+    assert "erin/plates" in rows and set(rows) <= {"erin/plates", "alice/plates"}  # alice: the head trained above
+    erin = rows["erin/plates"]
+    assert erin["address"] == f"hf://erin/plates/license_plate.safetensors@{hub.head_sha('erin/plates')}"
+    assert erin["classes"] == "license_plate"
+    assert erin["mAP50"] == round(plate_head.metadata["metrics"]["all"]["mAP50"], 3)
+    assert line.startswith(f"{len(rows)} head(s) on {hub.url} fit this base (searched ")
+
+    heads, *_ = visitor.predict(base_name, None, erin["address"], api_name="/load_head")
+    (added,) = [h for h in heads if h["origin"] == "session"]
+    assert added["available"] and added["classes"] == ["license_plate"]
+    compared = visitor.predict(base_name, handle_file(bus_jpg), [added["key"]], 0.25, 0.7, 640, api_name="/compare")
+    assert compared[4].split("  \n")[0] == BUS_LINE
+
+
 def test_a_run_outlives_its_client_and_is_found_again_with_the_key(app, base_name, plates_zip, bus_jpg):
     first = Client(app.url, verbose=False)
     key, message, *_ = first.predict("", base_name, api_name="/resume")
@@ -286,12 +314,14 @@ def test_without_a_base_the_app_starts_and_says_how_to_fix_it(tmp_path, base_wei
 
 
 ZERO_GPU_CHECK = """
-import json, spaces, app
-assert app.train_on_gpu.gpu_duration is app._gpu_seconds, "training must run inside one spaces.GPU call"
-request = app.TrainingRequest("base", "data.yaml", "job", "plates", 1, 160, 4, gpu_seconds=42)
-assert app._gpu_seconds(request) == 42
-fits = app.estimate_training(app.BASE, {"train": 8, "val": 4}, 1, 640, 16)
-refused = app.estimate_training(app.BASE, {"train": 5000, "val": 500}, 300, 1280, 16)
+import json, spaces
+from headkit import server
+from webapp import state, train
+assert train.train_on_gpu.gpu_duration is server.gpu_seconds, "training must run inside one spaces.GPU call"
+request = server.TrainingRequest("base", "data.yaml", "job", "plates", 1, 160, 4, gpu_seconds=42)
+assert server.gpu_seconds(request) == 42 and train.WORK is not train.train_here
+fits = train.estimate_training(state.BASE, {"train": 8, "val": 4}, 1, 640, 16)
+refused = train.estimate_training(state.BASE, {"train": 5000, "val": 500}, 300, 1280, 16)
 print(json.dumps([fits, refused]))
 """
 SPACES_STUB = """
@@ -315,3 +345,39 @@ def test_zero_gpu_training_runs_in_one_gpu_call_or_is_refused_with_advice(tmp_pa
     fits, refused = json.loads(done.stdout.strip().splitlines()[-1])
     assert fits.startswith("Estimated training time: about") and "Fits one ZeroGPU call (30 s)" in fits
     assert "Too long for ZeroGPU" in refused and "duplicate this Space on dedicated GPU hardware" in refused
+
+
+CONCURRENCY_CHECK = """
+import json
+from webapp.page import build_demo
+demo = build_demo()
+named = lambda group: None if str(group).isdigit() else group  # an event of its own gets its id as its group
+print(json.dumps({fn.api_name: [named(fn.concurrency_id), fn.concurrency_limit] for fn in demo.fns.values()
+                  if fn.api_name}))
+"""
+
+
+def test_heavy_endpoints_have_concurrency_limits(tmp_path, base_weights):
+    """N concurrent requests must not cost N times one request's memory: each heavy endpoint belongs to a Gradio
+    concurrency group with the limit the README's Limits table gives; more requests wait in Gradio's queue.
+    /train_head holds no Gradio slot (it follows its run for hours): the run line admits it, and its dataset import
+    takes one of the import slots /load_dataset and /convert_to_keypoints share."""
+    env = {"HEADKIT_BASE": str(base_weights), "HEADKIT_JOBS_DIR": str(tmp_path / "jobs"), "HF_HUB_OFFLINE": "1",
+           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "HEADKIT_MAX_CONCURRENT_IMPORTS": "3"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", CONCURRENCY_CHECK], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    groups = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {name: groups[name] for name in ("load_dataset", "convert_to_keypoints", "compare_video", "merge",
+                                            "push_head", "compare", "compare_webcam", "train_head",
+                                            "find_heads")} == {
+        "load_dataset": ["dataset", 3],  # HEADKIT_MAX_CONCURRENT_IMPORTS
+        "convert_to_keypoints": ["dataset", 3],
+        "compare_video": ["video", 1],
+        "merge": ["merge", 1],
+        "push_head": ["push", 1],
+        "compare": ["inference", 4],
+        "compare_webcam": ["inference", 4],
+        "train_head": [None, None],
+        "find_heads": ["hub", 2],  # each search reads up to max_hub_results headers
+    }  # fmt: skip

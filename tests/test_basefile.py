@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_training
+from kit import REPO, tiny_training
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -103,6 +103,10 @@ def _family(meta, tensors):
 
 
 def _extra_key(meta, tensors):
+    meta["yaml"] = "backbone"
+
+
+def _nested_key(meta, tensors):
     meta["yaml"] = {"backbone": [], "head": []}
 
 
@@ -122,9 +126,10 @@ def _head_format(meta, tensors):
     ("change", "message"),
     [
         (_family, "unknown architecture family '../../evil.yaml'"),
-        (_extra_key, r"unexpected \['yaml'\]"),
+        (_extra_key, r"metadata 'headkit_base' holds unknown keys \['yaml'\]"),
+        (_nested_key, "metadata 'headkit_base' holds 7 lists and objects; its schema allows 5"),
         (_altered, "altered or damaged"),
-        (_wrong_args, "'args' may hold only"),
+        (_wrong_args, r"'headkit_base'.'args' holds unknown keys \['save_dir'\]"),
         (_head_format, "this is a head, not a base model"),
     ],
 )
@@ -146,3 +151,46 @@ def test_bounds_before_parsing(tmp_path):
     save_file({f"t{i}": torch.zeros(1) for i in range(2001)}, str(many))
     with pytest.raises(ValueError, match="2001 tensors, over the 2000"):
         headkit.load_model(many)
+
+
+# --- a base file sets predict's default size: bounded by max_imgsz (finding 10a) ----------------------------------
+
+
+@pytest.mark.parametrize("imgsz", [4096, [4096, 4096], 6144])
+def test_imgsz_a_base_sets_is_bounded_before_anything_is_built(tmp_path, imgsz):
+    """args.imgsz becomes predict's default: at 4,096 the README's `merged.predict("bus.jpg")` took +1.2 GiB. The
+    file is otherwise the shipped base (its fingerprint holds), so only the bound stands between it and predict."""
+    from test_head_attacks import peak_rss_growth_mb
+
+    def change(meta, tensors):
+        meta["args"]["imgsz"] = imgsz
+
+    path = rewritten(tmp_path, change)
+    message = (
+        r"base.safetensors: metadata 'headkit_base'.'args'.'imgsz'(\[0\])?: (4,096|6,144) is over the limit of 1,280"
+    )
+
+    def attempt():
+        with pytest.raises(headkit.LimitExceeded, match=message) as refused:
+            load_base(path)
+        assert "(max_imgsz)" in str(refused.value) and "HEADKIT_MAX_IMGSZ" in str(refused.value)
+
+    assert peak_rss_growth_mb(attempt) < 64  # refused from the header: no model is built, no tensor read
+    assert load_base(path, limits=headkit.Limits(max_imgsz=8192)).overrides["imgsz"] == imgsz  # raised knowingly
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["args"].update(imgsz=0), r"'imgsz' 0 should be an integer in 1..1280"),
+        (lambda m: m["args"].update(task="segment"), r"'task' \"segment\" should be one of \['detect'\]"),
+        (lambda m: m.update(stride=[8.0] * 100), r"'stride' .* should be a list of at most 16 items"),
+        (lambda m: m.update(scale="s" * 100), r"'scale' .* should be text of at most 8 characters"),
+        (lambda m: m.update(source_sha256=["a"]), r"'source_sha256' \[\"a\"\] should be text"),
+        (lambda m: m.update(names={"0": "x" * 500}), r"length of class 0's name: 500 is over the limit of 100"),
+    ],
+)
+def test_every_value_a_base_sets_is_bounded(tmp_path, change, message):
+    path = rewritten(tmp_path, lambda meta, tensors: change(meta))
+    with pytest.raises(ValueError, match=message):
+        load_base(path)

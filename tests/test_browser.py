@@ -1,5 +1,6 @@
 """One real browser: headless Chromium opens the app, runs a Compare example (the three result images render) and a
-video (the annotated video the app returns plays: Chromium decodes its frames).
+video (the annotated video the app returns plays: Chromium decodes its frames), and adds a head from the Hub's list
+for the base with one click.
 
 Uses Debian's chromium (`apt-get install chromium`) through Playwright's `executable_path`; set HEADKIT_CHROMIUM to use
 another binary. Without a browser the test is skipped, unless HEADKIT_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -13,7 +14,10 @@ from contextlib import contextmanager
 
 import pytest
 from app_server import REPO, AppServer
-from conftest import make_video
+from hub_server import LoopbackHub
+from kit import make_video
+
+import headkit
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = REPO / "screenshots"  # git-ignored
@@ -100,7 +104,7 @@ def test_a_run_survives_a_page_reload(browser, offline_app, tmp_path, plates_dir
     """Start training, reload the page: the reopened page shows the same run and then its finished head."""
     import shutil as files
 
-    from conftest import copy_tiny_plates
+    from kit import copy_tiny_plates
 
     copy_tiny_plates(plates_dir, tmp_path / "zip" / "tiny_plates")
     archive = files.make_archive(str(tmp_path / "tiny_plates"), "zip", tmp_path / "zip", "tiny_plates")
@@ -122,3 +126,32 @@ def test_a_run_survives_a_page_reload(browser, offline_app, tmp_path, plates_dir
         chosen = page.locator("#compare-heads").inner_text(timeout=30_000)
     assert "tiny_plates\n.safetensors" in head  # the head, ready to download (name and extension shown apart)
     assert "tiny_plates" in chosen and "license_plate_neck" not in chosen, chosen  # the new head alone, selected
+
+
+def test_a_hub_head_for_this_base_is_listed_and_added_with_one_click(
+    browser, tmp_path, base_weights, plate_head, monkeypatch
+):
+    """A head pushed for this base is listed under Compare's "Add a head" when the section opens (the loopback Hub,
+    real HTTP); a click on its row adds it to the session and selects it in Compare."""
+    with LoopbackHub(tmp_path / "hub") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "pusher"))
+        headkit.push_head(plate_head, "erin/plates", token="hf_loopback_write_token")
+        env = {"HEADKIT_BASE": str(base_weights), "HEADKIT_BASES": "", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+        with (
+            AppServer(tmp_path / "app", env | {"HF_TOKEN": ""}) as server,
+            app_page(browser, server, height=1400, screenshot="compare_hub.png") as page,
+        ):
+            page.locator("#add-head").get_by_text("Add a head").click()
+            cell = page.locator("#hub-heads [data-testid='cell-0-0']")  # the first row's repository
+            cell.wait_for(timeout=60_000)
+            line, repository = page.locator("#hub-line").inner_text(timeout=30_000), cell.inner_text()
+            cell.click()
+            page.get_by_text("added session/license_plate").wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => document.querySelector('#compare-heads').innerText.includes('session/license_plate')",
+                timeout=30_000,
+            )
+            chosen = page.locator("#compare-heads").inner_text()
+    assert line.startswith(f"1 head(s) on {hub.url} fit this base") and repository == "erin/plates", line
+    assert "license_plate_neck" not in chosen, chosen  # the added head alone is selected

@@ -90,3 +90,30 @@ def test_heads_kept_in_memory_stay_within_their_byte_budget(plate_head, tmp_path
         cache.get(path, None)
     assert len(cache._heads) == 2 and cache.get(paths[0], None) is not first  # the oldest was dropped, read again
     assert cache.get(paths[0], None).names == plate_head.names
+
+
+def test_kept_heads_are_counted_by_what_they_take_in_memory(plate_head, tmp_path):
+    """The budget counts tensors and parsed metadata, not file bytes: parsed JSON takes several times its text (a head
+    once cost ~183 MiB of memory for a 4 MiB file), so counting files let ~66 such heads past a 512 MiB budget."""
+    import json
+    import tracemalloc
+
+    from headkit.catalog import _HeadCache, head_bytes
+
+    row = {"P": 0.5, "R": 0.25, "mAP50": 0.125, "mAP50-95": 0.0625}
+    metrics = {f"class {i}": dict(row) for i in range(1500)} | {"all": row}  # the most rows the schema allows
+    path = headkit.Head(plate_head.tensors, {**plate_head.metadata, "metrics": metrics}).save(
+        tmp_path / "m.safetensors"
+    )
+    head = headkit.load_head(path)
+    tracemalloc.start()
+    parsed = json.loads(json.dumps(head.metadata))
+    taken = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert parsed == head.metadata
+    tensors = sum(t.numel() * t.element_size() for t in head.tensors.values())
+    assert head_bytes(head) >= tensors + 0.8 * taken and taken > 200_000
+    cache = _HeadCache(budget_mb=1.5 * head_bytes(head) / 2**20)  # room for one such head, not two
+    cache.get(path, None)
+    cache.get(headkit.Head(head.tensors, head.metadata).save(tmp_path / "n.safetensors"), None)
+    assert len(cache._heads) == 1

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, copy_tiny_plates, trainer_before_launch
+from kit import REPO, assert_rows_exact, copy_tiny_plates, detection_rows, trainer_before_launch
 from ultralytics import YOLO
 from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
 import headkit
 from headkit.__main__ import main
-from headkit.headfile import extract_head, is_legacy
+from headkit.detect import DetectLayout
+from headkit.headfile import extract_head
 from headkit.kinds import PLAIN
 from headkit.train import LightHeadTrainer, train_head
 from headkit.trunk import detection_model
@@ -59,10 +60,9 @@ def class_parameters(head) -> int:
     return sum(v.numel() for k, v in head.tensors.items() if k.startswith("cv3."))
 
 
-def rows(model, image, imgsz=320) -> torch.Tensor:
-    """Detections as (N, 6) [x1, y1, x2, y2, conf, cls], in a fixed order."""
-    data = model.predict(image, imgsz=imgsz, **KW)[0].boxes.data
-    return data[torch.argsort(data[:, 4], descending=True, stable=True)]
+def rows(model, image, imgsz=320):
+    """Detections as (N, 6) [x1, y1, x2, y2, conf, cls], by class then confidence."""
+    return detection_rows(model, image, by_class=True, imgsz=imgsz, **KW)
 
 
 def test_light_head_on_a_yolov8_base_records_the_depthwise_layout(base, light, plate_head):
@@ -103,12 +103,11 @@ def test_light_heads_of_any_branch_merge_beside_a_base_style_head_with_base_rows
     assert merged.names == {0: "Normal", 1: "Fall", 2: "license_plate", 3: "license_plate_2", 4: "license_plate_3"}
     for image in [bus_jpg, plate_images[0]]:
         ours, theirs = rows(merged, image), rows(base, image)
-        kept = ours[ours[:, 5] < 2]
-        assert kept.shape == theirs.shape and torch.equal(kept, theirs)
+        assert_rows_exact(ours[ours[:, 5] < 2], theirs, "base rows")
         for offset, head in zip((3, 4), heads[1:], strict=True):
             alone, mine = rows(headkit.merge(base, head, keep_base_head=False), image), ours[ours[:, 5] == offset]
             mine[:, 5] -= offset
-            assert mine.shape == alone.shape and torch.equal(mine, alone)
+            assert_rows_exact(mine, alone, f"head at class {offset}")
 
 
 def test_light_head_survives_save_load_and_merge(base, light, light_neck, tmp_path, bus_jpg):
@@ -116,8 +115,8 @@ def test_light_head_survives_save_load_and_merge(base, light, light_neck, tmp_pa
         again = headkit.load_head(head.save(tmp_path / "light.safetensors"))
         assert again.metadata == head.metadata and again.tensors.keys() == head.tensors.keys()
         assert all(torch.equal(again.tensors[k].float(), head.tensors[k].float()) for k in head.tensors)
-        assert not is_legacy(again.build())
-        assert torch.equal(rows(headkit.merge(base, again), bus_jpg), rows(headkit.merge(base, head), bus_jpg))
+        assert DetectLayout.from_detect(again.build()).depthwise
+        assert_rows_exact(rows(headkit.merge(base, again), bus_jpg), rows(headkit.merge(base, head), bus_jpg))
 
 
 def test_cli_trains_a_light_head(base_weights, data, tmp_path, capsys):
@@ -162,8 +161,7 @@ def test_on_a_yolo26_base_light_is_the_base_style(data, tmp_path, bus_jpg):
     assert all(torch.equal(heads["base"].tensors[k], heads["light"].tensors[k]) for k in heads["base"].tensors)
     merged = headkit.merge(yolo26, heads["light"])
     ours, theirs = rows(merged, bus_jpg, imgsz=64), rows(yolo26, bus_jpg, imgsz=64)
-    kept = ours[ours[:, 5] < len(yolo26.names)]
-    assert kept.shape == theirs.shape and torch.equal(kept, theirs)
+    assert_rows_exact(ours[ours[:, 5] < len(yolo26.names)], theirs, "base rows")
 
 
 def test_a_head_on_an_80_class_n_base_keeps_its_class_width_and_merges_exactly(tmp_path, tiny_plates, bus_jpg):
@@ -177,6 +175,5 @@ def test_a_head_on_an_80_class_n_base_keeps_its_class_width_and_merges_exactly(t
     head = headkit.load_head(result.head.save(tmp_path / "plates.safetensors"))
     merged = headkit.merge(base, head)
     assert merged.names[80] == "license_plate"
-    ours = merged.predict(bus_jpg, imgsz=128, conf=0.0001, max_det=20000, verbose=False)[0].boxes.data
-    theirs = base.predict(bus_jpg, imgsz=128, conf=0.0001, max_det=20000, verbose=False)[0].boxes.data
-    assert torch.equal(ours[ours[:, 5] < 80], theirs), "base rows bit-exact"
+    ours, theirs = (detection_rows(m, bus_jpg, imgsz=128, conf=0.0001, max_det=20000) for m in (merged, base))
+    assert_rows_exact(ours[ours[:, 5] < 80], theirs, "base rows")

@@ -4,14 +4,18 @@ originals do."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from coco_export import export_coco, zipped
+from dataset_attack_files import coco_of_tiny_images
 
 import headkit
+from headkit.coco import convert_coco, find_coco_files
 from headkit.labels import DatasetError
+from headkit.limits import Limits
 
 
 def boxes_of(plates_dir: Path, split: str, count: int) -> int:
@@ -140,3 +144,40 @@ def test_json_that_is_not_coco_is_named_when_nothing_else_is_found(tmp_path, pla
     (source / "result.json").write_text(json.dumps([{"image": "images/a.jpg", "label": [{"x": 1}]}]))  # JSON-MIN
     with pytest.raises(DatasetError, match=r"no class names.*result\.json: not a COCO detection file .*, ignored"):
         headkit.load_dataset(zipped(source), work_dir=tmp_path / "work")
+
+
+class FileSystemCalls:
+    """Counts this process's directory listings (`os.scandir`, `os.listdir`) and stats (`os.stat`, `os.lstat`)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.listings = self.stats = 0
+        for name, kind in (("scandir", "listings"), ("listdir", "listings"), ("stat", "stats"), ("lstat", "stats")):
+            monkeypatch.setattr(os, name, self._counting(getattr(os, name), kind))
+
+    def _counting(self, real, kind: str):
+        def call(*args, **kwargs):
+            setattr(self, kind, getattr(self, kind) + 1)
+            return real(*args, **kwargs)
+
+        return call
+
+
+def import_cost(source: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> FileSystemCalls:
+    """Listings and stats of one COCO import of `source` (find the files, check every record, write YOLO)."""
+    with monkeypatch.context() as patch:
+        calls = FileSystemCalls(patch)
+        found, _ = find_coco_files(source, limits=Limits())
+        convert_coco(found, source, out, limits=Limits(), move=True)
+    return calls
+
+
+def test_20000_image_records_import_in_linear_work(tmp_path, monkeypatch):
+    """Attack (issue 26, finding 2): each image record listed and stat-ed the top of the upload, so 19,999 records
+    cost > 240 s of CPU per call. Counted here, not timed: an import lists each folder once whatever the number of
+    records, and stats no more often per record than for 200 records (the quadratic lookup made ~N stats per record).
+    """
+    small = import_cost(coco_of_tiny_images(tmp_path / "small", records=200), tmp_path / "small-out", monkeypatch)
+    large = import_cost(coco_of_tiny_images(tmp_path / "large", records=20_000), tmp_path / "large-out", monkeypatch)
+    assert large.listings == small.listings, (small.listings, large.listings)
+    assert large.stats / 20_000 <= small.stats / 200, f"stats per record: {small.stats / 200}, {large.stats / 20_000}"
+    assert len(list((tmp_path / "large-out" / "labels" / "train").iterdir())) == 20_000

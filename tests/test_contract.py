@@ -1,4 +1,6 @@
-"""The Ultralytics contract headkit builds on. If an upgrade changes it, this fails loudly here, not in the app."""
+"""The Ultralytics contract headkit builds on. If an upgrade changes it, this fails loudly here, not in the app.
+
+What headkit knows of Detect's insides is all in `headkit/detect.py`: after an upgrade, re-read that file first."""
 
 from __future__ import annotations
 
@@ -7,16 +9,15 @@ import torch
 import ultralytics
 from ultralytics.nn.modules.head import Detect
 
-from headkit.headfile import new_detect
+from headkit.detect import DetectLayout
 
 
 def test_pinned_ultralytics_version():
-    assert ultralytics.__version__ == "8.4.190", "headkit is pinned to ultralytics 8.4.190: re-check merging.py first"
+    assert ultralytics.__version__ == "8.4.190", "pinned to ultralytics 8.4.190: re-read headkit/detect.py first"
 
 
 def test_detect_output_structure():
-    detect = new_detect(3, [32, 64, 128], legacy=True)
-    detect.stride = torch.tensor([8.0, 16.0, 32.0])
+    detect = DetectLayout(3, (32, 64, 128), (8.0, 16.0, 32.0)).build()
     feats = [torch.randn(2, c, s, s) for c, s in ((32, 16), (64, 8), (128, 4))]
     anchors = 16 * 16 + 8 * 8 + 4 * 4
 
@@ -37,9 +38,21 @@ def test_detect_output_structure():
 
 def test_instance_layout_does_not_leak_into_the_class():
     before = Detect.legacy
-    assert not isinstance(new_detect(2, [32, 64, 128], legacy=True).cv3[0][0], torch.nn.Sequential)
-    assert isinstance(new_detect(2, [32, 64, 128], legacy=False).cv3[0][0], torch.nn.Sequential)
+    plain, depthwise = (DetectLayout(2, (32, 64, 128), (8.0, 16.0, 32.0), depthwise=d).build() for d in (False, True))
+    assert not isinstance(plain.cv3[0][0], torch.nn.Sequential) and isinstance(depthwise.cv3[0][0], torch.nn.Sequential)
     assert Detect.legacy == before
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("end2end", [False, True])
+def test_a_layout_read_back_from_its_detect_is_the_same_layout(depthwise, end2end):
+    """`DetectLayout.from_detect` reads the branches `build` made (cv2/cv3 widths, class branch style, one2one_*)."""
+    layout = DetectLayout(5, (64, 128, 256), (8.0, 16.0, 32.0), reg_max=1 if end2end else 16, depthwise=depthwise,
+                          class_width=80, end2end=end2end)  # fmt: skip
+    detect = layout.build()
+    assert DetectLayout.from_detect(detect) == layout and detect.nc == 5 and detect.cv3[0][-1].out_channels == 5
+    names = {str(i): f"class{i}" for i in range(5)}
+    assert DetectLayout.from_metadata({"names": names, **layout.to_metadata()}, "x") == layout
 
 
 def test_nms_caps_the_readme_cites():

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SHIPPED_HEAD
 from hub_server import LoopbackHub
+from kit import SHIPPED_HEAD
 
 import headkit
 from headkit.sources import resolve
@@ -23,19 +23,14 @@ BASE = "hf://Ultralytics/YOLOv8/yolov8s-fall.pt"
 
 
 @pytest.fixture
-def hub(tmp_path: Path, base_weights: Path, monkeypatch: pytest.MonkeyPatch):
+def hub(loopback_hub, base_weights: Path):
     """Public and private copies of the shipped head, the real base under a trusted owner, and a stranger's PR."""
-    with LoopbackHub(tmp_path / "hub") as server:
-        server.add_file("someone/plates", HEAD, SHIPPED_HEAD)
-        server.add_file("operator/private-heads", HEAD, SHIPPED_HEAD)
-        server.make_private("operator/private-heads", SECRET)
-        server.add_file("Ultralytics/YOLOv8", "yolov8s-fall.pt", base_weights)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-        monkeypatch.setenv("HF_TOKEN", SECRET)
-        for name in ("HF_HUB_OFFLINE", "HEADKIT_WEIGHTS_DIR", "HEADKIT_TRUSTED_OWNERS", "HEADKIT_MAX_HEAD_MB"):
-            monkeypatch.delenv(name, raising=False)
-        yield server
+    server = loopback_hub(token=SECRET)
+    server.add_file("someone/plates", HEAD, SHIPPED_HEAD)
+    server.add_file("operator/private-heads", HEAD, SHIPPED_HEAD)
+    server.make_private("operator/private-heads", SECRET)
+    server.add_file("Ultralytics/YOLOv8", "yolov8s-fall.pt", base_weights)
+    return server
 
 
 def credentials(hub: LoopbackHub, since: int = 0) -> set[str | None]:

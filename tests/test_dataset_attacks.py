@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -17,25 +20,32 @@ import numpy as np
 import psutil
 import pytest
 from coco_export import export_coco, zipped
-from conftest import copy_tiny_plates
 from dataset_attack_files import (
     deeply_nested_json,
+    json_files_each_under_the_limit,
     json_of_empty_objects,
     json_of_short_strings,
     label_file_with_boxes,
     many_boxes_on_one_image,
     one_image_many_records,
+    zip_of_random_bytes,
 )
+from kit import copy_tiny_plates
 from pickle_payload import Payload
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_yolo_dataset
 from ultralytics.data.dataset import DATASET_CACHE_VERSION
 from ultralytics.data.utils import check_det_dataset
 
+from headkit.archive import ZipLimits, extract_zip
 from headkit.datasets import DatasetError, load_dataset
+from headkit.disk import DiskBudget, tree_bytes
 from headkit.limits import LimitExceeded, Limits
 
 HEADER = "train: images/train\nval: images/val\n"
+QUICK = Limits(max_worker_s=60)
+"""Refusals that must come quickly: a reader gone quadratic (or a parser recursing) would hit this wall-time cap and
+fail with the worker's limit instead of the expected refusal; a minute is far above any refusal on any machine."""
 
 
 def craft_label_cache(path: Path, marker: Path) -> Path:
@@ -153,10 +163,8 @@ def test_yaml_with_100k_classes_is_refused_quickly_leaving_nothing(plates_dir: P
     archive = zip_folder(plates_with_names(plates_dir, tmp_path / "big", names), tmp_path / "big.zip")
     assert archive.stat().st_size < 1 << 20
     work = tmp_path / "work"
-    start = time.perf_counter()
     with pytest.raises(LimitExceeded, match=r"data\.yaml.*100,000.*max_classes.*HEADKIT_MAX_CLASSES"):
-        load_dataset(archive, work_dir=work, resource_limits=Limits())
-    assert time.perf_counter() - start < 10
+        load_dataset(archive, work_dir=work, limits=QUICK)
     assert_nothing_left(work)
 
 
@@ -186,7 +194,7 @@ def test_yaml_too_big_to_hold_the_allowed_classes_is_refused_before_parsing(plat
     filler = "".join(f"# {os.urandom(40).hex()}\n" for _ in range(25_000))  # 2 MB of comments, barely compressible
     data = plates_with_names(plates_dir, tmp_path / "d", "names: [plate]\n" + filler)
     with pytest.raises(LimitExceeded, match=r"data\.yaml: .* bytes.*max_classes.*HEADKIT_MAX_CLASSES"):
-        load_dataset(data, work_dir=tmp_path / "work", resource_limits=Limits(max_classes=100))
+        load_dataset(data, work_dir=tmp_path / "work", limits=Limits(max_classes=100))
 
 
 def test_lvis_sized_class_list_is_accepted(plates_dir: Path, tmp_path: Path):
@@ -200,7 +208,7 @@ def test_lvis_sized_class_list_is_accepted(plates_dir: Path, tmp_path: Path):
 def test_explicitly_raised_limit_accepts_100k_classes(plates_dir: Path, tmp_path: Path):
     """A local user who means it raises the limit; loading then accepts the list (training it is their call)."""
     data = plates_with_names(plates_dir, tmp_path / "big", f"names: [{', '.join(many_names(100_000))}]\n")
-    summary = load_dataset(data, work_dir=tmp_path / "work", resource_limits=Limits(max_classes=200_000))
+    summary = load_dataset(data, work_dir=tmp_path / "work", limits=Limits(max_classes=200_000))
     assert len(summary.names) == 100_000 and summary.names[99_999] == "c099999"
 
 
@@ -208,7 +216,7 @@ def test_class_name_too_long_is_refused(plates_dir: Path, tmp_path: Path):
     data = plates_with_names(plates_dir, tmp_path / "d", f"names: [plate, {'x' * 101}]\n")
     with pytest.raises(LimitExceeded, match=r"data\.yaml: .*class 1.*101 is over the limit of 100 .*max_class_name"):
         load_dataset(data, work_dir=tmp_path / "work")
-    assert load_dataset(data, work_dir=tmp_path / "w2", resource_limits=Limits(max_class_name_chars=101)).names[1]
+    assert load_dataset(data, work_dir=tmp_path / "w2", limits=Limits(max_class_name_chars=101)).names[1]
 
 
 @pytest.mark.parametrize(
@@ -239,10 +247,8 @@ def test_class_name_with_control_characters_is_refused(
 def test_deeply_nested_yaml_is_refused_quickly_without_crashing(plates_dir: Path, tmp_path: Path, names: str):
     """libyaml (which Ultralytics uses too) turns quadratic, then segfaults, on nesting this deep."""
     data = plates_with_names(plates_dir, tmp_path / "d", names)
-    start = time.perf_counter()
     with pytest.raises(DatasetError, match=r"data\.yaml line \d+: nested more than 32 levels deep"):
-        load_dataset(data, work_dir=tmp_path / "work")
-    assert time.perf_counter() - start < 5
+        load_dataset(data, work_dir=tmp_path / "work", limits=QUICK)
 
 
 # --- every dimension of a dataset bounded: COCO records, JSON records, values and depth, boxes per image -------------
@@ -314,15 +320,13 @@ def test_json_of_millions_of_strings_is_refused_by_its_values(plate: Path, tmp_p
     with pytest.raises(
         LimitExceeded, match=r"result\.json: values and keys .*: 20,013 is over the limit of 10,000 \(max_json_v"
     ):
-        load_dataset(archive, work_dir=tmp_path / "work", resource_limits=Limits(max_json_values=10_000))
+        load_dataset(archive, work_dir=tmp_path / "work", limits=Limits(max_json_values=10_000))
 
 
 def test_deeply_nested_json_is_refused_with_a_message_not_a_recursion_error(plate: Path, tmp_path: Path):
     archive = deeply_nested_json(plate, tmp_path / "deep.zip", depth=100_000)
-    start = time.perf_counter()
     with pytest.raises(DatasetError, match=r"export/result\.json: nested 100,001 levels deep; at most 32 are read"):
-        load_dataset(archive, work_dir=tmp_path / "work")
-    assert time.perf_counter() - start < 5
+        load_dataset(archive, work_dir=tmp_path / "work", limits=QUICK)
 
 
 def test_json_over_the_size_limit_is_not_read(plates_dir: Path, tmp_path: Path):
@@ -332,7 +336,7 @@ def test_json_over_the_size_limit_is_not_read(plates_dir: Path, tmp_path: Path):
     with pytest.raises(
         LimitExceeded, match=r"result\.json: size in MB: 1\.0 is over the limit of 0\.5 \(max_json_mb\)"
     ):
-        load_dataset(source, work_dir=tmp_path / "work", resource_limits=Limits(max_json_mb=0.5))
+        load_dataset(source, work_dir=tmp_path / "work", limits=Limits(max_json_mb=0.5))
 
 
 def test_more_json_files_than_a_coco_export_has_are_refused(plates_dir: Path, tmp_path: Path):
@@ -354,8 +358,7 @@ def test_label_file_with_10000_boxes_is_refused_naming_it(plate: Path, tmp_path:
     assert "(max_boxes_per_image)" in str(refused.value) and "HEADKIT_MAX_BOXES_PER_IMAGE" in str(refused.value)
     assert_nothing_left(work)
     assert (
-        load_dataset(archive, work_dir=work, resource_limits=Limits(max_boxes_per_image=10_000)).splits["train"].boxes
-        == 10_000
+        load_dataset(archive, work_dir=work, limits=Limits(max_boxes_per_image=10_000)).splits["train"].boxes == 10_000
     )
 
 
@@ -375,3 +378,106 @@ def test_coco_image_with_10000_boxes_is_refused_naming_it(plate: Path, tmp_path:
     )
     with pytest.raises(LimitExceeded, match=match):
         load_dataset(archive, work_dir=tmp_path / "work")
+
+
+def test_three_json_files_each_under_the_limit_are_refused_together(plate: Path, tmp_path: Path):
+    """Attack (issue 26, finding 6): three COCO files in one upload, each just under `max_json_values`, were each
+    accepted and all parsed at once (+1.7 GiB per request). The limits hold for the upload's JSON files together,
+    checked before any is parsed."""
+    archive = json_files_each_under_the_limit(plate, tmp_path / "three.zip", strings=4_000)
+    limits = Limits(max_json_values=10_000)
+    with pytest.raises(LimitExceeded) as refused:
+        load_dataset(archive, work_dir=tmp_path / "work", limits=limits)
+    assert "its 3 JSON files together (instances_test.json, instances_train.json, instances_val.json): values" in str(
+        refused.value
+    )
+    assert "12,0" in str(refused.value) and "over the limit of 10,000 (max_json_values)" in str(refused.value)
+    one = json_files_each_under_the_limit(plate, tmp_path / "one.zip", strings=4_000)
+    with zipfile.ZipFile(one) as zf:  # each file alone is within the limit
+        assert all(
+            zf.read(n).count(b",") + zf.read(n).count(b":") + zf.read(n).count(b"[") + 2 < 10_000
+            for n in zf.namelist()
+            if n.endswith(".json")
+        )
+    assert_nothing_left(tmp_path / "work")
+
+
+def test_json_bytes_of_an_upload_count_together(plate: Path, tmp_path: Path):
+    archive = json_files_each_under_the_limit(plate, tmp_path / "three.zip", strings=100_000)  # ~0.5 MiB each
+    with pytest.raises(LimitExceeded, match=r"its 3 JSON files together .*: size in MB: 1\.\d is over the limit of 1"):
+        load_dataset(archive, work_dir=tmp_path / "work", limits=Limits(max_json_mb=1.0))
+
+
+def test_concurrent_uploads_never_take_more_disk_than_the_server_has(tmp_path: Path):
+    """Attack (issue 26, finding 3): 10 sessions uploading at once, each checked against a disk figure up to 5 s old,
+    wrote 1,574 MiB against max_server_mb=200. Each extraction now reserves its declared size under one lock first:
+    10 threads extracting 6 MiB each against a 20 MiB server never have more on disk than 20 MiB."""
+    jobs = tmp_path / "jobs"
+    budget = DiskBudget.under(jobs, limits=Limits(max_server_mb=20))
+    archives = [zip_of_random_bytes(tmp_path / f"upload{n}.zip", files=6, mib=6) for n in range(10)]
+    barrier, peak, done = threading.Barrier(10), [0], threading.Event()
+    outcomes: list[BaseException | None] = [None] * 10
+
+    def upload(n: int) -> None:
+        barrier.wait()
+        try:
+            extract_zip(archives[n], jobs / f"session{n}" / "extracted", limits=ZipLimits(disk=budget))
+        except Exception as e:  # the refusal, checked below
+            outcomes[n] = e
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_bytes(jobs))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    sampler.join()
+    peak[0] = max(peak[0], tree_bytes(jobs))
+    accepted = [n for n, e in enumerate(outcomes) if e is None]
+    refused = [e for e in outcomes if e is not None]
+    assert peak[0] <= 20 * 2**20, f"peak {peak[0] / 2**20:.1f} MiB on disk against max_server_mb=20"
+    assert 1 <= len(accepted) <= 3 and len(refused) == 10 - len(accepted)
+    assert all(isinstance(e, LimitExceeded) and "(max_server_mb)" in str(e) for e in refused), refused
+    assert all("HEADKIT_MAX_SERVER_MB" in str(e) and "upload" in str(e) for e in refused)
+    for n in set(range(10)) - set(accepted):
+        assert not (jobs / f"session{n}" / "extracted").exists()  # refused before a byte was written
+
+
+def test_a_reservation_held_by_another_process_is_honoured(tmp_path: Path):
+    """The budget is shared by processes (dataset imports run in worker processes): a reservation another process
+    holds refuses what would not fit, and counts no more once that process is gone."""
+    jobs = tmp_path / "jobs"
+    budget = DiskBudget.under(jobs, limits=Limits(max_server_mb=20))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from headkit.disk import DiskBudget; from headkit.limits import "
+            "Limits\nwith DiskBudget.under(Path(sys.argv[1]), limits=Limits(max_server_mb=20)).reserve(15 << 20, "
+            "'other'):\n    print('held', flush=True); sys.stdin.read()",
+            str(jobs),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LimitExceeded, match=r"x: disk taken and reserved .*: 2\d(\.\d)? is over the limit of 20 "):
+            with budget.reserve(8 << 20, "x"):
+                pass
+        with budget.reserve(4 << 20, "fits beside it"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    budget.forget()  # count again now: the holder's files (none) are on disk
+    with budget.reserve(8 << 20, "fits now"):
+        assert budget.used_mb() == pytest.approx(8, abs=0.5)

@@ -9,7 +9,6 @@ import shutil
 import stat
 import struct
 import tempfile
-import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -362,10 +361,9 @@ def test_zip_bomb_is_refused_before_writing_it(tmp_path: Path):
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("zeros.bin", bytes(50 << 20))
     assert archive.stat().st_size < 1 << 20
-    start = time.perf_counter()
+    # refused from the sizes the zip's directory declares (no timing assert: the import's worker takes ~2-6 s to start)
     with pytest.raises(DatasetError, match="entry 'zeros.bin' expands .*zip bomb"):
         load_dataset(archive, work_dir=tmp_path / "work")
-    assert time.perf_counter() - start < 5
     _assert_nothing_left(tmp_path / "work", tmp_path / "never")
 
 
@@ -402,8 +400,14 @@ def test_zip_whose_header_lies_about_its_size_is_refused(tmp_path: Path):
 def test_zip_over_its_limits_is_refused(tiny_plates: Path, tmp_path: Path, limits: ZipLimits, reason: str):
     archive = _zip(tiny_plates, tmp_path / "d.zip")
     with pytest.raises(DatasetError, match=reason):
-        load_dataset(archive, work_dir=tmp_path / "work", limits=limits)
+        load_dataset(archive, work_dir=tmp_path / "work", zip_limits=limits)
     _assert_nothing_left(tmp_path / "work", tmp_path / "never")
+
+
+def test_zip_bounds_passed_as_limits_are_refused_with_the_keyword_to_use(tiny_plates: Path, tmp_path: Path):
+    """`limits=` is `headkit.Limits` as in load_head and merge; the zip bounds it once meant go to `zip_limits=`."""
+    with pytest.raises(TypeError, match=r"takes headkit\.Limits; pass zip bounds as zip_limits=ZipLimits"):
+        load_dataset(tiny_plates, work_dir=tmp_path / "work", limits=ZipLimits(max_entries=5))
 
 
 def test_symlink_in_zip_is_ignored_with_a_warning(tiny_plates: Path, tmp_path: Path):

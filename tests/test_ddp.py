@@ -19,7 +19,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import torch
-from conftest import REPO, copy_tiny_plates, trainer_before_launch
+from kit import REPO, copy_tiny_plates, trainer_before_launch
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file

@@ -1,6 +1,7 @@
 """End-to-end (NMS-free) bases: merged models keep the base's detections exactly in both of their modes.
 
-No YOLO26 checkpoint is reachable offline, so the module trains two real end-to-end bases first:
+No YOLO26 checkpoint is reachable offline, so the module trains two real end-to-end bases first (once per Ultralytics
+version and settings: `kit.cached_weights` keeps them under ~/.cache/headkit-tests for later runs):
 - `yolo26`: YOLO26n from its YAML, briefly (its scores are nearly flat, but it is the real architecture: its neck
   rows, reg_max 1, one-to-one branch), for training head-only and neck-branch heads on it;
 - `fall_e2e`: the shared YOLOv8s fall base's trained trunk under a YOLO26-style end-to-end head (reg_max 1, one-to-one
@@ -10,6 +11,7 @@ Every check compares a merged model with the base (or a head alone) on real imag
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -17,8 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import copy_tiny_plates
-from hub_server import LoopbackHub
+from kit import assert_rows_exact, cached_weights, copy_tiny_plates, detection_rows
 
 import headkit
 from headkit.base import clone_model
@@ -30,17 +31,19 @@ TINY = dict(epochs=1, imgsz=128, batch=4, device="cpu", workers=0, plots=False)
 
 
 @pytest.fixture(scope="module")
-def yolo26_weights(tmp_path_factory, plates_dir) -> Path:
-    from ultralytics import YOLO
+def yolo26_weights(plates_dir) -> Path:
+    settings = dict(epochs=2, imgsz=160, batch=16, device="cpu", workers=0, pretrained=False, amp=False, seed=0)
 
-    root = tmp_path_factory.mktemp("yolo26")
-    data = copy_tiny_plates(plates_dir, root / "data", train=32, val=4)
-    model = YOLO("yolo26n.yaml")
-    model.train(
-        data=str(data / "data.yaml"), epochs=2, imgsz=160, batch=16, device="cpu", workers=0, pretrained=False,
-        amp=False, plots=False, verbose=False, seed=0, project=str(root / "runs"), name="base", exist_ok=True,
-    )  # fmt: skip
-    return Path(model.trainer.best)
+    def train(root: Path) -> Path:
+        from ultralytics import YOLO
+
+        data = copy_tiny_plates(plates_dir, root / "data", train=32, val=4)
+        model = YOLO("yolo26n.yaml")
+        model.train(data=str(data / "data.yaml"), plots=False, verbose=False, project=str(root / "runs"), name="base",
+                    exist_ok=True, **settings)  # fmt: skip
+        return Path(model.trainer.best)
+
+    return cached_weights("yolo26n-plates", {"images": (32, 4), **settings}, train)
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +52,26 @@ def yolo26(yolo26_weights):
 
 
 @pytest.fixture(scope="module")
-def fall_e2e(tmp_path_factory, base, plates_dir):
+def fall_e2e(base, base_weights, plates_dir):
     """The fall base's trunk (layers 0-21, bit for bit) with an end-to-end head trained on plates."""
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import DetectionModel
+    settings = dict(epochs=3, imgsz=320, batch=16, device="cpu", workers=0, amp=False, seed=0, freeze=22)
 
-    root = tmp_path_factory.mktemp("fall_e2e")
-    data = copy_tiny_plates(plates_dir, root / "data", train=32, val=4)
-    layout = {**base.model.yaml, "end2end": True, "reg_max": 1, "nc": 1}
-    model = YOLO("yolov8s.yaml")
-    model.model = DetectionModel(layout, nc=1, verbose=False)
-    model.model.load(base.model)
-    model.ckpt = {"model": model.model}
-    model.train(
-        data=str(data / "data.yaml"), epochs=3, imgsz=320, batch=16, device="cpu", workers=0, amp=False,
-        plots=False, verbose=False, seed=0, freeze=22, project=str(root / "runs"), name="base", exist_ok=True,
-    )  # fmt: skip
-    return headkit.load_model(model.trainer.best)
+    def train(root: Path) -> Path:
+        from ultralytics import YOLO
+        from ultralytics.nn.tasks import DetectionModel
+
+        data = copy_tiny_plates(plates_dir, root / "data", train=32, val=4)
+        layout = {**base.model.yaml, "end2end": True, "reg_max": 1, "nc": 1}
+        model = YOLO("yolov8s.yaml")
+        model.model = DetectionModel(layout, nc=1, verbose=False)
+        model.model.load(base.model)
+        model.ckpt = {"model": model.model}
+        model.train(data=str(data / "data.yaml"), plots=False, verbose=False, project=str(root / "runs"), name="base",
+                    exist_ok=True, **settings)  # fmt: skip
+        return Path(model.trainer.best)
+
+    trunk = hashlib.sha256(base_weights.read_bytes()).hexdigest()  # the trunk the cached base was trained over
+    return headkit.load_model(cached_weights("fall-e2e-plates", {"trunk": trunk, "images": (32, 4), **settings}, train))
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +101,7 @@ BASES = {"yolo26": "e2e_heads", "fall_e2e": "fall_heads"}
 
 def rows(model, image, **options) -> np.ndarray:
     """Detections [x1, y1, x2, y2, conf, cls] in the model's order, at 320 px unless `imgsz` is given."""
-    options = {"imgsz": 320, "conf": CONF, "max_det": 20000} | options  # no per-image cap cuts a base row
-    boxes = model.predict(image, verbose=False, **options)[0].boxes
-    return boxes.data.cpu().numpy()
+    return detection_rows(model, image, **{"imgsz": 320, "conf": CONF, "max_det": 20000} | options)  # no cap cuts
 
 
 def test_pinned_ultralytics_end_to_end_contract(yolo26):
@@ -164,7 +168,7 @@ def test_base_detections_exact_with_one_two_three_heads(
         expected = base_rows[key]
         got = rows(merged, image, **MODES[mode])
         assert len(expected) > 0
-        assert np.array_equal(got[got[:, 5] < 1], expected)  # base rows first, in the base's order
+        assert_rows_exact(got[got[:, 5] < 1], expected, image.name)  # base rows first, in the base's order
 
 
 def test_the_fall_trunk_base_finds_plates_with_distinct_scores(fall_e2e, plates_dir):
@@ -183,17 +187,22 @@ def test_each_head_gives_what_trunk_plus_that_head_gives(mode, yolo26, e2e_heads
         alone = rows(headkit.merge(yolo26, head, keep_base_head=False), plate, **MODES[mode])
         mine = got[got[:, 5] == k]
         mine[:, 5] = 0
-        assert len(alone) > 0 and np.array_equal(mine, alone)
+        assert len(alone) > 0
+        assert_rows_exact(mine, alone, f"head {k}")
 
 
-def test_max_det_keeps_the_base_detections_whole(yolo26, e2e_heads, bus_jpg):
-    """NMS-free: the per-image cap cuts the extra heads' rows first, never the base's."""
+def test_max_det_caps_each_head_as_alone(yolo26, e2e_heads, bus_jpg):
+    """NMS-free: max_det caps each head's rows on its own, as it caps that head alone; the base's rows come first."""
     cap = len(rows(clone_model(yolo26), bus_jpg, nms=False)) + 3
-    options = dict(conf=CONF, imgsz=320, max_det=cap, nms=False, verbose=False)
-    expected = clone_model(yolo26).predict(bus_jpg, **options)[0].boxes.data.numpy()
-    boxes = headkit.merge(yolo26, *e2e_heads[0]).predict(bus_jpg, **options)
-    got = boxes[0].boxes.data.numpy()
-    assert len(got) == cap and np.array_equal(got[: len(expected)], expected)
+    options = dict(conf=CONF, imgsz=320, max_det=cap, nms=False)
+    expected = [detection_rows(clone_model(yolo26), bus_jpg, **options)]
+    for k, head in enumerate(e2e_heads[0], start=1):
+        alone = detection_rows(headkit.merge(yolo26, head, keep_base_head=False), bus_jpg, **options)
+        alone[:, 5] += k
+        expected.append(alone)
+    got = detection_rows(headkit.merge(yolo26, *e2e_heads[0]), bus_jpg, **options)
+    assert len(got) > cap
+    assert_rows_exact(got, np.concatenate(expected))
 
 
 def test_saved_merged_model_reloads(tmp_path, yolo26, e2e_heads, bus_jpg):
@@ -201,7 +210,7 @@ def test_saved_merged_model_reloads(tmp_path, yolo26, e2e_heads, bus_jpg):
     merged.save(tmp_path / "merged.pt")
     again = headkit.load_model(tmp_path / "merged.pt")
     for options in MODES.values():
-        assert np.array_equal(rows(again, bus_jpg, **options), rows(merged, bus_jpg, **options))
+        assert_rows_exact(rows(again, bus_jpg, **options), rows(merged, bus_jpg, **options))
 
 
 def test_fp16_base_rows_exact(yolo26, e2e_heads):
@@ -293,13 +302,9 @@ def test_yolov10_and_fused_end_to_end_bases_are_refused(yolo26):
         headkit.merge(fused)
 
 
-def test_bare_yolo26_name_pulls_from_the_official_repo(tmp_path, yolo26_weights, monkeypatch):
-    with LoopbackHub(tmp_path / "hub") as hub:
-        hub.add_file("Ultralytics/YOLO26", "yolo26n.pt", yolo26_weights)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("HEADKIT_WEIGHTS_DIR", raising=False)
-        model = headkit.load_model("yolo26n.pt")
-        assert any(r.startswith("GET /Ultralytics/YOLO26/resolve/main/yolo26n.pt") for r in hub.requests)
+def test_bare_yolo26_name_pulls_from_the_official_repo(loopback_hub, yolo26_weights):
+    hub = loopback_hub()
+    hub.add_file("Ultralytics/YOLO26", "yolo26n.pt", yolo26_weights)
+    model = headkit.load_model("yolo26n.pt")
+    assert any(r.startswith("GET /Ultralytics/YOLO26/resolve/main/yolo26n.pt") for r in hub.requests)
     assert model.model.model[-1].one2one_cv2 is not None

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from kit import detection_rows
 
 import headkit
 
@@ -66,8 +67,7 @@ def without_headkit(job: dict, cwd) -> dict:
 
 def detections(model, image) -> np.ndarray:
     """In-process rows [x1, y1, x2, y2, conf, cls], letterboxed square as the fixed-size exports are."""
-    boxes = model.predict(image, imgsz=IMGSZ, rect=False, conf=CONF, max_det=MAX_DET, verbose=False)[0].boxes
-    return boxes.data.numpy()
+    return detection_rows(model, image, imgsz=IMGSZ, rect=False, conf=CONF, max_det=MAX_DET)
 
 
 def assert_same_detections(got: np.ndarray, expected: np.ndarray, *, box_tol: float, conf_tol: float) -> None:

@@ -21,9 +21,13 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from head_attack_files import (
+    SHIPPED_HEAD,
     SHIPPED_NECK,
     make_channel_bomb_head,
     make_crafted_branch_head,
+    make_inflating_pth,
+    make_metadata_flood_head,
+    make_wide_bias_pth,
     payload,
     read_head_file,
     write_head_file,
@@ -99,8 +103,8 @@ def unchecked_head(path: Path) -> Head:
 def test_detectionmodel_row_is_refused_by_load_head_and_merge_and_runs_nothing(tmp_path, base, neck_head):
     marker = tmp_path / "pwned"
     crafted = make_crafted_branch_head(tmp_path / "crafted.safetensors", marker=marker)
-    message = r"crafted.safetensors: architecture row 22 names 'DetectionModel', which is not a model layer"
-    assert refused(lambda: headkit.load_head(crafted), match=message) < MAX_GROWTH_MB
+    message = r"crafted.safetensors: metadata 'branch' is nested deeper than the 5 levels its schema allows"
+    assert refused(lambda: headkit.load_head(crafted), match=message) < MAX_GROWTH_MB  # the config is never parsed
     head = unchecked_head(crafted)
     assert refused(lambda: headkit.merge(base, head), match="row 22 names 'DetectionModel'") < MAX_GROWTH_MB
     with pytest.raises(ValueError, match="row 22 names 'DetectionModel'"):
@@ -116,7 +120,7 @@ def test_detectionmodel_row_in_place_of_a_layer_is_refused(tmp_path, base):
     config = {"nc": 1, "activation": payload(marker), "backbone": [], "head": []}
     metadata["branch"]["architecture"]["head"][2] = [-1, 1, "DetectionModel", [config]]
     path = write_head_file(tmp_path / "swapped.safetensors", metadata, tensors)
-    with pytest.raises(ValueError, match="architecture row 12 names 'DetectionModel'"):
+    with pytest.raises(ValueError, match="metadata 'branch' is nested deeper than the 5 levels"):
         headkit.load_head(path)
     with pytest.raises(ValueError, match="row 12 names 'DetectionModel'"):
         headkit.merge(base, unchecked_head(path))
@@ -161,29 +165,42 @@ def test_channel_bomb_is_refused_with_little_memory(tmp_path, base, neck_head):
 # --- (d) other layout bombs ------------------------------------------------------------------------------------------
 
 
+# (change, the file's refusal (schema first, then the layout check), a Head's refusal at merge (the layout check))
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "in_file", "message"),
     [
-        ({"reg_max": 100_000}, r"'reg_max' 100000 should be an integer in 1..64"),
-        ({"reg_max": True}, r"'reg_max' true should be an integer"),
-        ({"strides": [8.0] * 100_000}, r"'strides' .* should be 3 numbers"),
-        ({"strides": [8.0, 16.0]}, r"'strides' \[8.0, 16.0\] should be 3 numbers"),
-        ({"strides": [8.0, float("nan"), 32.0]}, "'strides' .* should be 3 numbers"),
-        ({"channels": [128] * 10_000, "strides": [8.0] * 10_000}, r"'channels' .* should list 1..8"),
-        ({"channels": [128, -256, 512]}, r"'channels' \[128, -256, 512\] should list"),
-        ({"channels": [128.5, 256, 512]}, r"'channels' .* should list"),
-        ({"names": {"0": "a", "99999": "b"}}, "'names' should map class ids 0..n-1"),
-        ({"legacy": "yes"}, "'legacy' should be true or false"),
-        ({"class_width": 10**9}, r"'class_width' 1000000000 should be an integer in 128..128"),
-        ({"class_width": "wide"}, r"'class_width' .* should be an integer in"),
-        ({"activation": {"type": "__import__('os')"}}, "is not an activation headkit builds"),
+        ({"reg_max": 100_000}, None, r"'reg_max' 100000 should be an integer in 1..64"),
+        ({"reg_max": True}, r"metadata 'reg_max' true should be an integer", r"'reg_max' true should be an integer"),
+        (
+            {"strides": [8.0] * 100_000},
+            r"metadata 'strides' takes 500,000 bytes; its schema allows at most 530",
+            r"'strides' .* should be 3 numbers",
+        ),
+        ({"strides": [8.0, 16.0]}, None, r"'strides' \[8.0, 16.0\] should be 3 numbers"),
+        (
+            {"strides": [8.0, float("nan"), 32.0]},
+            r"'strides'\[1\] NaN should be a finite number",
+            "should be 3 numbers",
+        ),
+        (
+            {"channels": [128] * 10_000, "strides": [8.0] * 10_000},
+            r"metadata 'channels' takes 50,000 bytes; its schema allows at most",
+            r"'channels' .* should list 1..8",
+        ),
+        ({"channels": [128, -256, 512]}, None, r"'channels' \[128, -256, 512\] should list"),
+        ({"channels": [128.5, 256, 512]}, r"'channels'\[0\] 128.5 should be an integer", r"'channels' .* should list"),
+        ({"names": {"0": "a", "99999": "b"}}, None, "'names' should map class ids 0..n-1"),
+        ({"legacy": "yes"}, "metadata 'legacy' \"yes\" should be true or false", "'legacy' should be true or false"),
+        ({"class_width": 10**9}, None, r"'class_width' 1000000000 should be an integer in 128..128"),
+        ({"class_width": "wide"}, r"'class_width' \"wide\" should be an integer or null", "should be an integer in"),
+        ({"activation": {"type": "__import__('os')"}}, None, "is not an activation headkit builds"),
     ],
 )
-def test_layout_bombs_are_refused_before_anything_is_built(tmp_path, plate_head, change, message):
+def test_layout_bombs_are_refused_before_anything_is_built(tmp_path, plate_head, change, in_file, message):
     path = plate_head.save(tmp_path / "good.safetensors")
     metadata, tensors = read_head_file(path)
     bad = write_head_file(tmp_path / "bad.safetensors", metadata | change, tensors)
-    assert refused(lambda: headkit.load_head(bad), match=f"bad.safetensors: .*{message}") < 50
+    assert refused(lambda: headkit.load_head(bad), match=f"bad.safetensors: .*{in_file or message}") < 50
     with pytest.raises(ValueError, match=message):  # a Head made without load_head is bounded at merge too
         headkit.merge(headkit.load_model("yolov8s.yaml"), Head(tensors, {**metadata, **change}))
 
@@ -235,8 +252,8 @@ def test_crafted_finetune_file_is_refused_and_runs_nothing(tmp_path, base, finet
     del rows["activation"]
     rows["head"].insert(len(rows["head"]) - 1, [-1, 1, "DetectionModel", [{"activation": payload(marker)}]])
     save_file(tensors, str(crafted), metadata={**raw, "yaml": json.dumps(rows)})
-    with pytest.raises(ValueError, match="row 22 names 'DetectionModel'"):
-        load_finetuned(crafted, base)
+    with pytest.raises(ValueError, match="metadata 'yaml' is nested deeper than the 4 levels its schema allows"):
+        load_finetuned(crafted, base)  # the DetectionModel row's config is never even parsed
     names = json.dumps({str(i): f"c{i}" for i in range(5000)})
     save_file(tensors, str(crafted), metadata={**raw, "names": names})
     with pytest.raises(headkit.LimitExceeded, match="number of classes: 5,000"):
@@ -278,7 +295,7 @@ def test_app_refuses_crafted_heads_and_keeps_serving(offline_app, tmp_path, base
     bomb = make_channel_bomb_head(tmp_path / "bomb.safetensors", channels=4000)
     client, base = Client(offline_app.url, verbose=False), str(base_weights)
     server = psutil.Process(offline_app.process.pid)
-    for upload, reason in ((crafted, "'DetectionModel', which is not a model layer"), (bomb, "max_head_mb")):
+    for upload, reason in ((crafted, "'branch' is nested deeper than the 5 levels"), (bomb, "max_head_mb")):
         attempt = functools.partial(upload_is_refused, client, base, upload, reason)
         assert peak_rss_growth_mb(attempt, server) < MAX_GROWTH_MB
     assert not marker.exists() and offline_app.process.poll() is None
@@ -291,3 +308,64 @@ def test_app_refuses_crafted_heads_and_keeps_serving(offline_app, tmp_path, base
 def upload_is_refused(client: Client, base: str, path: Path, reason: str) -> None:
     with pytest.raises(AppError, match=re.escape(reason)):
         client.predict(base, handle_file(path), "", api_name="/load_head")
+
+
+# --- (g) metadata that costs far more parsed than its bytes (finding 1) --------------------------------------------
+
+
+def test_metadata_flood_is_refused_by_name_before_it_is_parsed(tmp_path):
+    """~3.7 MiB of nested empty lists took ~183 MiB per head once parsed; the schema refuses it from its text."""
+    unknown = make_metadata_flood_head(tmp_path / "notes.safetensors", key="notes")
+    message = r"notes.safetensors: head metadata holds unknown keys \['notes'\]"
+    assert refused(lambda: headkit.load_head(unknown), match=message) < 50
+    known = make_metadata_flood_head(tmp_path / "metrics.safetensors", key="metrics")
+    message = r"metrics.safetensors: metadata 'metrics' holds 1,293,\d+ lists and objects; its schema allows 1,502"
+    assert refused(lambda: headkit.load_head(known), match=message) < 50
+    metadata, tensors = read_head_file(SHIPPED_HEAD)
+    nested: list = []
+    for _ in range(500):
+        nested = [nested]
+    deep = write_head_file(tmp_path / "deep.safetensors", {**metadata, "metrics": nested}, tensors)
+    with pytest.raises(ValueError, match="'metrics' is nested deeper than the 2 levels its schema allows"):
+        headkit.load_head(deep)
+
+
+def test_twenty_flood_heads_through_the_catalog_leave_memory_where_it_was(tmp_path, base):
+    """The reported attack: 20 uploads of a flood head (each a new file, as each upload is) took the server from
+    948 to 4,614 MiB, and it stayed. Each is now refused before parsing; the process's memory stays put."""
+    from headkit.catalog import _CACHE, add_head, list_heads
+
+    job = headkit.server.JobRoot(tmp_path / "jobs", max_age_s=3600).job("flood")
+    floods = [make_metadata_flood_head(tmp_path / f"flood{i}.safetensors", key="metrics") for i in range(20)]
+    process = psutil.Process()
+    before = process.memory_info().rss
+    for path in floods:
+        with pytest.raises(ValueError, match="'metrics' holds 1,293,"):
+            add_head(path, job)
+    assert list_heads(base, job=job) == []  # nothing was kept
+    grown = (process.memory_info().rss - before) / 2**20
+    assert grown < 100, f"+{grown:.0f} MiB over 20 refused heads (was +183 MiB each)"
+    _CACHE.clear()
+
+
+# --- (h) a legacy .pth whose zip entries inflate on load (finding 10b) ----------------------------------------------
+
+
+def test_inflating_pth_is_refused_from_its_zip_directory(tmp_path, base):
+    bomb = make_inflating_pth(tmp_path / "bomb.pth", declared_mb=256)
+    assert bomb.stat().st_size < 2**20  # ~0.3 MiB that torch.load inflated to +256 MiB
+    message = r"bomb.pth: declared size of its contents in MiB: 256 is over the limit of 200 \(max_head_mb\)"
+    assert refused(lambda: headkit.load_head(bomb, base=base), headkit.LimitExceeded, message) < 50
+
+
+def test_pth_with_a_class_bias_past_max_classes_builds_no_names(tmp_path, base):
+    wide = make_wide_bias_pth(tmp_path / "wide.pth", classes=4_000_000)  # 16 MB: within max_head_mb
+    message = r"wide.pth: number of classes \(the length of 'cv3.0.2.bias'\): 4,000,000 is over the limit of 1,500"
+    assert refused(lambda: headkit.load_head(wide, base=base), headkit.LimitExceeded, message) < 100
+
+
+def test_pth_that_is_not_a_torch_zip_is_refused(tmp_path, base):
+    legacy = tmp_path / "old.pth"
+    torch.save({"model.model.22.cv3.0.2.bias": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="old.pth: not a torch.save zip archive"):
+        headkit.load_head(legacy, base=base)

@@ -24,9 +24,10 @@ def test_round_trip_keeps_tensors_and_metadata(plate_head, tmp_path):
 
 def test_metadata_says_what_a_user_needs(plate_head):
     meta = plate_head.metadata
-    for key in ("names", "kind", "ultralytics_version", "imgsz", "metrics", "base_source", "base_fingerprint"):
+    for key in ("names", "ultralytics_version", "imgsz", "metrics", "base_source", "base_fingerprint"):
         assert key in meta
-    assert meta["kind"] == "detect" and len(meta["base_fingerprint"]) == 64
+    assert "kind" not in meta  # the shipped file carries the "kind" headkit 0.1 wrote: read, dropped
+    assert len(meta["base_fingerprint"]) == 64
     assert plate_head.channels == [128, 256, 512]
 
 
@@ -38,7 +39,7 @@ def test_fingerprint_is_dtype_independent(base):
 
 def test_head_for_another_base_is_refused_with_both_fingerprints(plate_head):
     other = headkit.load_model("yolov8s.yaml")  # same layout, other weights
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(headkit.HeadDoesNotFit) as info:
         headkit.merge(other, plate_head)
     message = str(info.value)
     assert plate_head.base_fingerprint[:12] in message and headkit.fingerprint(other)[:12] in message
@@ -46,7 +47,9 @@ def test_head_for_another_base_is_refused_with_both_fingerprints(plate_head):
 
 
 def test_head_with_another_channel_layout_is_refused(plate_head):
-    with pytest.raises(ValueError, match=r"expects feature maps with \[128, 256, 512\] channels.*\[64, 128, 256\]"):
+    with pytest.raises(
+        headkit.HeadDoesNotFit, match=r"expects feature maps with \[128, 256, 512\] channels.*\[64, 128, 256\]"
+    ):
         headkit.merge(headkit.load_model("yolov8n.yaml"), plate_head)
 
 
@@ -123,7 +126,7 @@ def test_heads_build_with_their_base_activation_whatever_was_parsed_last(plate_h
     [
         (lambda p: p.write_text("hello"), "not a readable .safetensors file"),
         (lambda p: save_file({"x": torch.zeros(1)}, str(p)), "not a headkit head"),
-        (lambda p: save_file({"x": torch.zeros(1)}, str(p), metadata={"format": "{"}), "not headkit's JSON"),
+        (lambda p: save_file({"x": torch.zeros(1)}, str(p), metadata={"format": "{"}), "not a headkit head"),
         (
             lambda p: save_file({"x": torch.zeros(1)}, str(p), metadata={"format": json.dumps("headkit.head/1")}),
             "head metadata lacks",

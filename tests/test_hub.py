@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 import pytest
 import yaml
-from hub_server import LoopbackHub
 from huggingface_hub import ModelCard
 from PIL import Image
 
 import headkit
-from headkit.headfile import new_detect
 
 TOKEN = "hf_loopback_write_token"
 
@@ -26,7 +25,9 @@ tags:
 - object-detection
 - headkit
 - detection-head
+- headkit-base-{tag}
 base_model: Ultralytics/YOLOv8
+base_model_relation: adapter
 ---
 
 # plates: an extra detection head for yolov8n.pt
@@ -115,18 +116,31 @@ def two_class_head(plate_head):
         "created": "2025-01-01T00:00:00+00:00",
         "trunk_check": {"tensors": 225, "identical": 225, "max_abs_diff": 0.0, "changed": [], "untouched": True},
     }
-    meta = plate_head.metadata
-    detect = new_detect(2, plate_head.channels, reg_max=meta["reg_max"], legacy=meta["legacy"])
+    detect = dataclasses.replace(plate_head.layout, nc=2).build()  # the plate head's layout, two classes
     return headkit.Head({k: v.clone() for k, v in detect.state_dict().items()}, metadata)
 
 
 def test_model_card_in_full(two_class_head):
     card = headkit.hub.render_model_card(two_class_head, repo_id="alice/plates", filename="plates.safetensors")
-    assert card == CARD.format(fp=two_class_head.base_fingerprint)
+    fp = two_class_head.base_fingerprint
+    assert card == CARD.format(fp=fp, tag=fp[:16])
 
     data = ModelCard(card).data.to_dict()
     assert data["library_name"] == "ultralytics" and data["pipeline_tag"] == "object-detection"
     assert data["license"] == "agpl-3.0" and data["base_model"] == "Ultralytics/YOLOv8"
+    assert data["base_model_relation"] == "adapter"  # the Hub's word for a small add-on that needs its base
+    assert {"headkit", f"headkit-base-{fp[:16]}"} <= set(data["tags"])
+
+
+def test_a_head_for_a_local_base_is_still_tagged_with_its_trunk(plate_head, base_weights):
+    """A local or embedded base has no Hub repository to name, but has a fingerprint: the tag find_heads searches."""
+    head = headkit.Head(plate_head.tensors, {**plate_head.metadata, "base_source": str(base_weights)})
+    front = yaml.safe_load(headkit.hub.render_model_card(head, example=None).split("---")[1])
+    assert "base_model" not in front and "base_model_relation" not in front
+    tag = "headkit-base-" + plate_head.base_fingerprint[:16]
+    assert front["tags"][-1] == tag == headkit.hub.base_tag(plate_head.base_fingerprint)
+    with pytest.raises(ValueError, match="not a trunk fingerprint"):
+        headkit.hub.base_tag("not hex at all, clearly")
 
 
 def test_card_of_a_local_base_names_the_file_only(plate_head):
@@ -152,13 +166,8 @@ def test_user_text_cannot_break_the_card(plate_head):
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with LoopbackHub(tmp_path / "hub") as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        yield server
+def hub(loopback_hub):
+    return loopback_hub()  # no HF_TOKEN: each push names its own token
 
 
 def test_push_is_one_commit_that_loads_back(hub, two_class_head):

@@ -180,3 +180,62 @@ def test_private_repo_answers_its_owner_only_and_every_credential_is_recorded(hu
         ("GET", f"/api/models/{REPO_ID}/refs", "Bearer hf_someone_else"),
         ("GET", f"/api/models/{REPO_ID}", f"Bearer {TOKEN}"),
     ]
+
+
+def _card(tags: list[str], **front: str) -> bytes:
+    lines = ["---", "tags:", *(f"- {tag}" for tag in tags), *(f"{key}: {value}" for key, value in front.items())]
+    return ("\n".join([*lines, "---", "# a model", ""])).encode()
+
+
+def test_list_models_answers_the_real_client_as_the_hub_does(hub: LoopbackHub):
+    """`HfApi.list_models` against /api/models: filter values ANDed over tags (the card's and those derived from
+    it), search on the id, author, sort + limit, expand and cardData; private repositories to their owner only."""
+    for repo_id, tags, front in [
+        ("alice/plates", ["headkit", "headkit-base-aaaa"], {"base_model": "Ultralytics/YOLOv8",
+                                                            "base_model_relation": "adapter"}),
+        ("bob/helmets", ["headkit", "headkit-base-aaaa"], {"license": "agpl-3.0"}),
+        ("bob/other-base", ["headkit", "headkit-base-bbbb"], {}),
+        ("carol/no-card", [], {}),
+    ]:  # fmt: skip
+        api().create_repo(repo_id)
+        if tags:
+            api().upload_file(path_or_fileobj=_card(tags, **front), path_in_repo="README.md", repo_id=repo_id)
+    hub.set_stats("alice/plates", downloads=5, likes=1)
+    hub.set_stats("bob/helmets", downloads=50, likes=0)
+
+    def ids(**query) -> list[str]:
+        return [m.id for m in api().list_models(**query)]
+
+    assert ids(filter=["headkit", "headkit-base-aaaa"], sort="downloads") == ["bob/helmets", "alice/plates"]
+    assert ids(filter=["headkit", "headkit-base-aaaa"], sort="created_at") == ["bob/helmets", "alice/plates"]
+    assert ids(filter=["headkit", "headkit-base-aaaa"], sort="downloads", limit=1) == ["bob/helmets"]
+    assert ids(filter=["headkit-base-aaaa", "headkit-base-bbbb"]) == []  # AND, not OR
+    assert ids(filter="base_model:adapter:Ultralytics/YOLOv8") == ["alice/plates"]  # derived from the card
+    assert ids(filter="license:agpl-3.0") == ["bob/helmets"]
+    assert ids(search="OTHER") == ["bob/other-base"]
+    assert ids(author="bob") == ["bob/helmets", "bob/other-base"]
+
+    (model,) = api().list_models(search="plates", expand=["sha", "siblings", "downloads", "likes"])
+    assert model.sha == hub.head_sha("alice/plates") and model.downloads == 5 and model.likes == 1
+    assert sorted(s.rfilename for s in model.siblings) == ["README.md"]
+    assert model.tags is None  # expand returns only what was asked
+    (model,) = api().list_models(search="plates", cardData=True)
+    assert model.card_data.base_model == "Ultralytics/YOLOv8" and "headkit-base-aaaa" in model.tags
+
+    hub.make_private("bob/helmets", TOKEN)
+    assert ids(filter="headkit-base-aaaa") == ["alice/plates", "bob/helmets"]  # HF_TOKEN is the owner's
+    assert [m.id for m in HfApi(endpoint=hub.url, token=False).list_models(filter="headkit-base-aaaa")] == [
+        "alice/plates"
+    ]
+
+
+def test_ranged_reads_return_the_asked_bytes_only(hub: LoopbackHub, base_weights: Path):
+    import httpx
+
+    url = f"{hub.url}/{REPO_ID}/resolve/main/{FILENAME}"
+    reply = httpx.get(url, headers={"Range": "bytes=0-7"})
+    size = base_weights.stat().st_size
+    assert reply.status_code == 206 and reply.content == base_weights.read_bytes()[:8]
+    assert reply.headers["Content-Range"] == f"bytes 0-7/{size}"
+    assert hub.sent[-1] == ("GET", f"/{REPO_ID}/resolve/main/{FILENAME}", "bytes=0-7", 206, 8)
+    assert httpx.get(url, headers={"Range": f"bytes={size}-"}).status_code == 416

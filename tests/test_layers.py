@@ -19,16 +19,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "headkit"
 
 # Earliest first. A new module gets a place here, or this test names it.
 LAYERS = (
-    ("settings and storage", {"limits", "settings", "filenames", "keys", "disk", "retention", "jobs"}),
+    ("settings and storage", {"limits", "settings", "filenames", "keys", "disk", "retention", "jobs", "worker"}),
     ("datasets", {"archive", "labels", "layout", "coco", "datasets", "keypoints"}),
     ("sources", {"sources"}),  # where files come from: paths, weights/, the Hub
-    ("trunk maths", {"trunk", "kinds", "branch", "concat", "base"}),
-    ("head file", {"headfile"}),
-    ("loading", {"basefile", "model"}),
-    ("merge", {"merging", "export", "catalog", "hub"}),
+    ("metadata schema", {"schema"}),  # the type system every file's metadata is checked against
+    ("trunk maths", {"detect", "trunk", "kinds", "branch", "concat", "base"}),  # detect: all of Ultralytics' Detect
+    ("head file", {"artefact", "headfile"}),  # artefact: the safetensors files' reader, writer and file types
+    ("loading", {"basefile", "model", "nms"}),  # nms: a merged model's predictor and validator, which model.py sets
+    ("merge", {"merging", "export", "catalog", "hub", "discovery"}),  # discovery: Hub heads fit-checked before listing
     ("training", {"runfiles", "progress", "posehead", "train", "finetune", "budget"}),
     ("inference", {"tracking", "comparing", "video", "basecache"}),
-    ("runs", {"runs"}),
+    ("runs", {"runs", "admission", "zerogpu"}),
     ("app", {"__init__", "__main__", "server"}),
 )
 LAYER = {module: n for n, (_, modules) in enumerate(LAYERS) for module in modules}
@@ -138,3 +139,18 @@ def test_names_loaded_on_first_use_are_the_ones_the_package_exports():
     assert callable(headkit.merge) and callable(headkit.compare)  # functions, not the modules of the same name
     missing = [name for name in headkit.__all__ if not hasattr(headkit, name)]
     assert not missing
+
+
+APP = PACKAGE.parent / "webapp"
+
+
+def test_the_app_uses_only_the_public_api_and_the_server():
+    """app.py and webapp/ import `headkit` and `headkit.server`, nothing deeper: what a server may rely on is what
+    those two export, so the library's modules can change shape without breaking the app."""
+    deeper = []
+    for path in [PACKAGE.parent / "app.py", *sorted(APP.glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            deeper += [f"{path.name}: {n}" for n in names if n.startswith("headkit.") and n != "headkit.server"]
+    assert APP.is_dir() and not deeper, deeper

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from kit import assert_rows_exact, detection_rows
 
 import headkit
 from headkit.base import clone_model
@@ -20,19 +22,9 @@ CONF = 0.05  # low enough that a few new-head detections appear on plate images
 
 
 def detections(model, image, *, conf=CONF, imgsz=640):
-    """Boxes as rows [x1, y1, x2, y2, conf, cls], sorted so two runs can be compared row by row.
-
-    max_det is raised so the per-image cap (300 by default, shared by all classes) never cuts a low-confidence box.
-    """
-    boxes = model.predict(image, conf=conf, imgsz=imgsz, max_det=3000, verbose=False)[0].boxes
-    rows = torch.cat([boxes.xyxy, boxes.conf[:, None], boxes.cls[:, None]], dim=1).numpy()
-    return rows[np.lexsort((rows[:, 4], rows[:, 5]))]
-
-
-def assert_same(a, b):
-    """Bit for bit: the README promises max |Δ| = 0 for these rows."""
-    assert a.shape == b.shape, f"{len(a)} vs {len(b)} detections"
-    assert np.array_equal(a, b), f"max |Δ| = {np.abs(a - b).max()}"
+    """Rows [x1, y1, x2, y2, conf, cls] by class, then confidence; max_det is raised so the per-image cap (300 by
+    default, shared by all classes) never cuts a low-confidence box."""
+    return detection_rows(model, image, by_class=True, conf=conf, imgsz=imgsz, max_det=3000)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def test_base_classes_unchanged(base, merged, bus_jpg, zidane_jpg, plate_images)
     nb = len(base.names)
     for image in [bus_jpg, zidane_jpg, *plate_images]:
         ours = detections(merged, image)
-        assert_same(ours[ours[:, 5] < nb], detections(base, image))
+        assert_rows_exact(ours[ours[:, 5] < nb], detections(base, image))
     assert len(detections(base, bus_jpg, conf=0.25)) == 4  # the base finds the 4 people on bus.jpg
 
 
@@ -62,7 +54,7 @@ def test_head_classes_equal_trunk_plus_that_head(base, plate_head, merged, plate
         alone = detections(custom, image)
         ours = ours[ours[:, 5] >= 2]
         ours[:, 5] -= 2
-        assert_same(ours, alone)
+        assert_rows_exact(ours, alone)
         found += len(alone)
     assert found > 0, "the plate head should find plates in plate images"
 
@@ -74,12 +66,12 @@ def test_three_heads_stacked(base, plate_head, tiny_head, bus_jpg, plate_images)
     offsets = [(plate_head, 2), (tiny_head, 3), (own, 4)]
     for image in [bus_jpg, plate_images[0]]:
         rows = detections(merged, image, conf=0.01)
-        assert_same(rows[rows[:, 5] < 2], detections(base, image, conf=0.01))
+        assert_rows_exact(rows[rows[:, 5] < 2], detections(base, image, conf=0.01))
         for head, offset in offsets:
             alone = detections(headkit.merge(base, head, keep_base_head=False), image, conf=0.01)
             mine = rows[(rows[:, 5] >= offset) & (rows[:, 5] < offset + head.nc)].copy()
             mine[:, 5] -= offset
-            assert_same(mine, alone)
+            assert_rows_exact(mine, alone)
 
 
 def test_raw_outputs_exact(base, merged):
@@ -117,7 +109,7 @@ def test_saved_merged_model_reloads(tmp_path, merged, bus_jpg, plate_images):
     with torch.no_grad():
         assert torch.equal(again.model.eval()(image)[0], merged.model.eval()(image)[0])
     for image in [bus_jpg, plate_images[0]]:
-        assert_same(detections(again, image), detections(merged, image))
+        assert_rows_exact(detections(again, image), detections(merged, image))
 
 
 def test_fp16_base_classes_exact(base, plate_head):
@@ -145,7 +137,7 @@ def test_cuda_predict_base_classes_unchanged(base, plate_head, bus_jpg):
     theirs = base.predict(bus_jpg, device=0, max_det=3000, verbose=False)[0].boxes.data.cpu().numpy()
     ours = ours[ours[:, 5] < 2]
     assert len(theirs) >= 4
-    assert_same(ours[np.lexsort((ours[:, 4], ours[:, 5]))], theirs[np.lexsort((theirs[:, 4], theirs[:, 5]))])
+    assert_rows_exact(ours[np.lexsort((ours[:, 4], ours[:, 5]))], theirs[np.lexsort((theirs[:, 4], theirs[:, 5]))])
 
 
 def test_val_on_merged_names(tmp_path, base, plate_head, merged, tiny_plates):
@@ -228,3 +220,36 @@ def test_export_with_baked_nms_is_refused(tmp_path, merged):
     with pytest.raises(ValueError, match=r"export\(nms=True\) is refused on a merged model"):
         model.export(format="onnx", imgsz=160, nms=True, verbose=False)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+NECK_HEAD = Path(__file__).resolve().parents[1] / "weights" / "license_plate_neck.safetensors"
+
+
+def test_a_merge_checks_each_head_once_and_builds_what_passed(base, plate_head, monkeypatch, bus_jpg):
+    """One fit check per head (layout, branch rows and shapes), then building trusts it; the result stays exact."""
+    import headkit.branch
+    import headkit.detect
+    import headkit.headfile
+    import headkit.merging
+
+    calls = []
+    fits, branch_fits = headkit.detect.DetectLayout.check_fits, headkit.branch.check_branch_fits_base
+    monkeypatch.setattr(headkit.detect.DetectLayout, "check_fits", lambda *a: calls.append("layout") or fits(*a))
+    for module in (headkit.merging, headkit.headfile):
+        monkeypatch.setattr(module, "check_branch_fits_base", lambda *a: calls.append("branch") or branch_fits(*a))
+    neck = headkit.load_head(NECK_HEAD)
+    merged = headkit.merge(base, plate_head, neck)
+    assert sorted(calls) == ["branch", "layout", "layout"]
+    rows = detections(merged, bus_jpg)
+    assert_rows_exact(rows[rows[:, 5] < len(base.names)], detections(base, bus_jpg))
+
+
+def test_only_a_head_made_for_another_base_is_refused_as_not_fitting(base, plate_head):
+    """`HeadDoesNotFit` is the verdict "made for another base"; a malformed head is a plain ValueError."""
+    other_size = headkit.load_model("yolov8n.yaml")
+    with pytest.raises(headkit.HeadDoesNotFit, match=r"channels \(reg_max 16\), but this base provides \[64, 128"):
+        headkit.merge(other_size, plate_head)
+    broken = Head(plate_head.tensors, {**plate_head.metadata, "reg_max": 100_000})
+    with pytest.raises(ValueError, match=r"'reg_max' 100000 should be an integer in 1..64") as info:
+        headkit.merge(base, broken)
+    assert not isinstance(info.value, headkit.HeadDoesNotFit)

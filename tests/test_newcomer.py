@@ -88,3 +88,24 @@ def test_a_missing_base_is_said_once_as_text(browser, tmp_path):  # noqa: F811
     assert shown == 1 and toasts == 0, f"on page load: {shown} messages, {toasts} toasts"
     assert len(toast) == 1 and "Base model yolov8n.pt is not available" in toast[0], toast
     assert not any(mark in text for text in (banner, toast[0]) for mark in ("###", "`")), (banner, toast)
+
+
+def test_the_help_quotes_the_readmes_benchmark_figures():
+    """What the Train tab's help says of head and neck branch is what the README measured: one set of figures
+    (webapp/figures.py), checked here against the README's table so that neither drifts alone."""
+    from webapp import figures
+
+    rows = {
+        cells[1].strip(): [c.strip() for c in cells[2:-1]]
+        for line in (REPO / "README.md").read_text("utf-8").splitlines()
+        if line.startswith("| ") and len(cells := line.split("|")) >= 4
+    }
+    accuracy = rows[
+        f"new-class val mAP50, {figures.BENCH_EPOCHS} epochs at {figures.BENCH_IMGSZ} px "
+        f"(full fine-tune: {figures.MAP50_FINETUNE:g})"
+    ]
+    assert accuracy[0].startswith(f"{figures.MAP50_HEAD:g} ") and accuracy[1].startswith(f"**{figures.MAP50_NECK:g} ")
+    sizes = rows["head file (fp16 safetensors)"]
+    assert sizes[0].startswith(f"{figures.HEAD_MB:g} MB") and sizes[1].startswith(f"{figures.NECK_MB:g} MB")
+    latency = next(v for k, v in rows.items() if k.startswith("merged latency / base"))
+    assert latency == [f"{figures.LATENCY_HEAD:g}", f"{figures.LATENCY_NECK:g}"]

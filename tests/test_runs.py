@@ -4,6 +4,7 @@ refused or bounded, while the server keeps starting other runs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import re
 import threading
@@ -27,6 +28,7 @@ from headkit.runs import (
     TrainingRequest,
     Waiting,
     perform,
+    perform_in_worker,
     streamed,
 )
 from headkit.server import Job
@@ -209,6 +211,45 @@ def test_streamed_yields_the_run_and_stops_it_when_the_consumer_goes(tmp_path, b
     assert isinstance(next(again), TrainProgress)
     again.close()  # the consumer went away: the training stops after its batch, and close() waits for that
     assert "gone" not in job.heads() and not [t for t in threading.enumerate() if t.name == "training-stream"]
+
+
+def test_a_run_in_a_worker_reports_saves_a_head_this_process_loads_and_stops(tmp_path, base_weights, tiny_plates):
+    """The server's way on CPU: the run's work in a worker process that loads the base itself; its progress and
+    saved head come back as events, the head it saved loads here, and Stop reaches it through the job's marker."""
+    job = Job(tmp_path / "job")
+    request = TrainingRequest(
+        base=str(base_weights), data=str(tiny_plates / "data.yaml"), job_dir=str(job.path), name="plates", epochs=1,
+        imgsz=64, batch=4, options=(("workers", 0), ("device", "cpu"), ("plots", False)),
+    )  # fmt: skip
+    runs = Runs()
+    run = runs.start(job.path, request, perform_in_worker)
+    events = list(run.follow(poll_s=0.05))
+    kept = [e for e in events if not isinstance(e, TrainProgress | Waiting)]
+    assert any(isinstance(e, TrainProgress) and e.stage == "epoch" for e in events)
+    assert [type(e) for e in kept] == [SavedHead, Finished] and run.state == "finished"
+    assert kept[0].path == job.heads()["plates"] and headkit.load_head(kept[0].path).names == {0: "license_plate"}
+    longer = runs.start(job.path, dataclasses.replace(request, name="stopped", epochs=50), perform_in_worker)
+    follower = longer.follow(poll_s=0.05)
+    assert any(isinstance(e, TrainProgress) for e in follower)  # it trains
+    assert longer.stop() == "running"
+    assert list(follower)[-1:] == [Stopped(ON_REQUEST)] and longer.state == "stopped" and "stopped" not in job.heads()
+    assert not job.stop_requested()  # the marker that stopped it is gone with it
+
+
+def test_a_run_whose_worker_is_killed_fails_naming_the_limit(tmp_path, base_weights, tiny_plates):
+    job = Job(tmp_path / "job")
+    request = TrainingRequest(base=str(base_weights), data=str(tiny_plates / "data.yaml"), job_dir=str(job.path),
+                              name="plates", epochs=1, imgsz=64, batch=4, options=(("workers", 0),))  # fmt: skip
+    work = functools.partial(perform_in_worker, limits=headkit.Limits(max_worker_mb=1))
+    outcome = list(Runs().start(job.path, request, work).follow(poll_s=0.05))[-1]
+    assert isinstance(outcome, Failed) and outcome.message.startswith(
+        "training needed more than 1 MiB of memory (max_worker_mb), so its worker process was stopped; train at a "
+        "smaller image size or batch, or without the comparison fine-tune, or raise the limit: set "
+        "HEADKIT_MAX_WORKER_MB on the server"
+    )
+    with pytest.raises(headkit.LimitExceeded, match="max_worker_mb"):
+        raise outcome.fresh_error()
+    assert "plates" not in job.heads()
 
 
 def reachable(root) -> list:

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import torch
 from app_server import AppServer
-from conftest import SHIPPED_HEAD, copy_tiny_plates
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hub_server import LoopbackHub
+from kit import SHIPPED_HEAD, copy_tiny_plates
 from pickle_payload import Payload
 from PIL import Image
 from safetensors.torch import save_file
@@ -74,17 +74,13 @@ def head_file(tmp_path: Path, plate_head) -> Path:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, evil_pt: Path, head_file: Path, monkeypatch: pytest.MonkeyPatch):
+def hub(loopback_hub, evil_pt: Path, head_file: Path):
     """A loopback Hub where `stranger` (not a trusted owner) offers pickles under many names, and a real head."""
-    with LoopbackHub(tmp_path / "hub") as server:
-        for name in ("evil.pt", "evil.pth", "evil.PT", "evil.Pth", "sub/dir/evil.pt", "evil.safetensors"):
-            server.add_file("stranger/repo", name, evil_pt)
-        server.add_file("stranger/heads", "license_plate.safetensors", head_file)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-        for name in ("HEADKIT_TRUSTED_OWNERS", "HF_HUB_OFFLINE", "HEADKIT_WEIGHTS_DIR"):
-            monkeypatch.delenv(name, raising=False)
-        yield server
+    server = loopback_hub()
+    for name in ("evil.pt", "evil.pth", "evil.PT", "evil.Pth", "sub/dir/evil.pt", "evil.safetensors"):
+        server.add_file("stranger/repo", name, evil_pt)
+    server.add_file("stranger/heads", "license_plate.safetensors", head_file)
+    return server
 
 
 def test_the_crafted_pickle_really_runs_code_when_unpickled(tmp_path: Path):
@@ -137,7 +133,8 @@ def test_allowlist_is_what_the_operator_sets(hub: LoopbackHub, marker: Path, mon
 
 def test_pickle_renamed_to_safetensors_is_not_a_model(hub: LoopbackHub, marker: Path):
     """A .safetensors base is read as safetensors only (the embedded-base format), so a pickle in one never loads."""
-    with pytest.raises(ValueError, match=r"evil\.safetensors: its safetensors header is missing, damaged"):
+    message = r"evil\.safetensors: not a readable \.safetensors file: its safetensors header is missing, damaged"
+    with pytest.raises(ValueError, match=message):
         headkit.load_model("hf://stranger/repo/evil.safetensors")
 
 
@@ -201,7 +198,7 @@ def _drop_fingerprint(meta: dict) -> None:
     [
         (_drop_format, r"not a headkit head \(metadata 'format' should be 'headkit.head/1' or 'headkit.head/2'\)"),
         (_other_format, "not a headkit head"),
-        (_garbage_json, "metadata is not headkit's JSON"),
+        (_garbage_json, "metadata 'names' is not headkit's JSON"),
         (_drop_fingerprint, r"head metadata lacks \['base_fingerprint'\]"),
     ],
 )
@@ -246,7 +243,7 @@ def test_safetensors_never_holds_code(tmp_path: Path, head_file: Path):
     pickled = torch.tensor(list(b"cos\nsystem\n(S'touch /tmp/x'\ntR.")).to(torch.uint8)
     path = tmp_path / "odd.safetensors"
     save_file({"blob": pickled}, path, metadata={"format": "cos\nsystem\n"})
-    with pytest.raises(ValueError, match="metadata is not headkit's JSON"):
+    with pytest.raises(ValueError, match=r"odd.safetensors: tensors of type \['U8'\]; headkit files hold only"):
         headkit.load_head(path)
 
 
@@ -320,12 +317,13 @@ def uploads(tmp_path_factory: pytest.TempPathFactory, upload_marker: Path) -> di
     return {name: craft_pickle(folder / name, upload_marker) for name in names}
 
 
-def _refused(call) -> str:
-    """Run a gradio_client call that must fail; returns the error text the user sees."""
+def _refused(call, reason: str) -> str:
+    """Run a gradio_client call that must fail with an error whose text (what the user sees) matches `reason`."""
     with pytest.raises(AppError) as error:
         call()
     message = str(error.value)
     assert "has not enabled verbose error reporting" not in message, "the user is told nothing about why"
+    assert re.search(reason, message), f"expected /{reason}/, the user saw: {message}"
     return message
 
 
@@ -337,6 +335,14 @@ def _still_serving(app: AppServer, base: str, bus_jpg: Path) -> None:
 PICKLE_REASON = r"(?i)pickle"
 ZIP_REASON = r"(?i)\.zip|pickle"
 IMAGE_REASON = r"(?i)not a (readable|usable|valid) image|cannot identify image|not an image"
+NO_SUCH_SESSION_HEAD = r"this session has no head '.*secret_plates' \(its heads: none yet\); train or add one first"
+NOT_THIS_SESSIONS = (  # what each guess at another session's head (key, name, path out of the job, file) is told
+    NO_SUCH_SESSION_HEAD,
+    NO_SUCH_SESSION_HEAD,
+    NO_SUCH_SESSION_HEAD,
+    r"unknown head '.*secret_plates\.safetensors'; give a shipped head's name, session/<name>",
+)
+NOT_A_HUB_ADDRESS = r"'.*\.safetensors' is not a Hub address; upload a head \(\.safetensors\) or give hf://owner/repo/"
 
 
 @pytest.mark.parametrize(
@@ -372,8 +378,7 @@ def test_app_refuses_a_pickle_in_every_upload_field(
     }[api]
     client = _client(app)
     client.predict(base, api_name="/list_heads")  # the session's head pickers get their choices
-    message = _refused(lambda: client.predict(*args, api_name=api))
-    assert re.search(reason, message), message
+    _refused(lambda: client.predict(*args, api_name=api), reason)
 
 
 @pytest.mark.parametrize(
@@ -394,7 +399,7 @@ def test_app_refuses_pickle_addresses_before_any_download(
         call = lambda: _client(app).predict(base, None, address, api_name=api)  # noqa: E731
     else:
         call = lambda: _client(app).predict(base, handle_file(bus_jpg), [address], 0.25, 0.7, 320, api_name=api)  # noqa: E731
-    assert re.search(PICKLE_REASON, _refused(call))
+    _refused(call, PICKLE_REASON)
 
 
 def test_app_refuses_a_server_path_typed_as_a_hub_address(app: AppServer, app_marker: Path, base_weights: Path):
@@ -402,10 +407,9 @@ def test_app_refuses_a_server_path_typed_as_a_hub_address(app: AppServer, app_ma
     client, base = _client(app), str(base_weights)
     client.predict(base, api_name="/list_heads")
     messages = [
-        _refused(lambda path=path: client.predict(base, None, str(path), api_name="/load_head"))
+        _refused(lambda path=path: client.predict(base, None, str(path), api_name="/load_head"), NOT_A_HUB_ADDRESS)
         for path in (SHIPPED_HEAD, SHIPPED_HEAD.with_name("no_such_head.safetensors"))
     ]
-    assert all("hf://" in m for m in messages), messages
     assert messages[0].replace("license_plate", "no_such_head") == messages[1], "the reply tells which files exist"
     assert [e["key"] for e in client.predict(base, api_name="/list_heads")[0] if e["origin"] == "session"] == []
 
@@ -459,8 +463,7 @@ def test_app_refuses_hostile_zips_clearly_and_keeps_serving(
         "/train_head": (base, upload, 1, 160, 4, False),
         "/convert_to_keypoints": (upload,),
     }[api]
-    message = _refused(lambda: _client(app).predict(*args, api_name=api))
-    assert re.search(reason, message), message
+    _refused(lambda: _client(app).predict(*args, api_name=api), reason)
     escaped = list(app.jobs.parent.rglob("escaped.txt"))
     assert escaped == [], f"a zip entry was written outside the job folder: {escaped}"
     _still_serving(app, base, bus_jpg)
@@ -477,8 +480,8 @@ def test_app_refuses_a_decompression_bomb_image_clearly_and_keeps_serving(
         bomb.write_bytes(_png_claiming(30_000, 30_000))
     assert bomb.stat().st_size < 100_000
     base = str(base_weights)
-    message = _refused(lambda: _client(app).predict(base, handle_file(bomb), [], 0.25, 0.7, 320, api_name="/compare"))
-    assert re.search(r"(?i)decompression bomb|too large|pixels", message), message
+    call = lambda: _client(app).predict(base, handle_file(bomb), [], 0.25, 0.7, 320, api_name="/compare")  # noqa: E731
+    _refused(call, r"(?i)decompression bomb|too large|pixels")
     _still_serving(app, base, bus_jpg)
 
 
@@ -512,18 +515,19 @@ def test_other_session_cannot_use_or_merge_the_head_by_its_key(
     base, b = str(base_weights), _client(app)
     b.predict(base, api_name="/list_heads")
     guesses = [key, f"session/{path.stem}", f"session/../{path.parent.parent.name}/heads/{path.stem}", str(path)]
-    for guess in guesses:
+    for guess, reason in zip(guesses, NOT_THIS_SESSIONS, strict=True):
         _refused(
-            lambda guess=guess: b.predict(base, handle_file(bus_jpg), [guess], 0.25, 0.7, 320, api_name="/compare")
+            lambda guess=guess: b.predict(base, handle_file(bus_jpg), [guess], 0.25, 0.7, 320, api_name="/compare"),
+            reason,
         )
-        _refused(lambda guess=guess: b.predict(base, [guess], True, False, 320, api_name="/merge"))
+        _refused(lambda guess=guess: b.predict(base, [guess], True, False, 320, api_name="/merge"), reason)
 
 
 def test_other_session_cannot_import_the_head_by_its_server_path(app: AppServer, session_a, base_weights: Path):
     _, _, path = session_a
     b, base = _client(app), str(base_weights)
     b.predict(base, api_name="/list_heads")
-    _refused(lambda: b.predict(base, None, str(path), api_name="/load_head"))
+    _refused(lambda: b.predict(base, None, str(path), api_name="/load_head"), NOT_A_HUB_ADDRESS)
     assert [e["key"] for e in b.predict(base, api_name="/list_heads")[0] if e["origin"] == "session"] == []
 
 

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hub_server import LoopbackHub
 
 import headkit
+from headkit.disk import tree_bytes
 from headkit.sources import parse_hub_url
 
 BUS_NORMALS = 4  # the base finds the 4 people on bus.jpg (see ../shared/weights/SOURCES.md)
 
 
 @pytest.fixture
-def hub(tmp_path: Path, base_weights: Path, plate_head, monkeypatch: pytest.MonkeyPatch):
+def hub(loopback_hub, tmp_path: Path, base_weights: Path, plate_head):
     head_file = plate_head.save(tmp_path / "license_plate.safetensors")
-    with LoopbackHub(tmp_path / "hub") as server:
-        server.add_file("Ultralytics/YOLOv8", "yolov8s-fall.pt", base_weights)
-        server.add_file("someone/plates", "heads/license_plate.safetensors", head_file)
-        server.add_file("someone/models", "model.pt", base_weights)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("HEADKIT_WEIGHTS_DIR", raising=False)
-        yield server
+    server = loopback_hub()
+    server.add_file("Ultralytics/YOLOv8", "yolov8s-fall.pt", base_weights)
+    server.add_file("someone/plates", "heads/license_plate.safetensors", head_file)
+    server.add_file("someone/models", "model.pt", base_weights)
+    return server
 
 
 def pulls(server: LoopbackHub) -> list[str]:
@@ -129,3 +127,31 @@ def test_files_that_are_not_models(tmp_path):
     wrong.write_bytes(b"\0")
     with pytest.raises(ValueError, match="expected an Ultralytics model checkpoint"):
         headkit.load_model(wrong)
+
+
+def test_typed_addresses_fill_no_more_than_the_visitors_hub_cache(hub, tmp_path, monkeypatch):
+    """Attack (issue 26, finding 4): six typed addresses of 150 MiB non-head files left 900 MiB in a cache nobody
+    counted. Here (scaled down: 3 MiB files, a 8 MiB cache) the visitors' cache is a folder of the jobs root, counted
+    in its disk figure, and swept least recently used first after every download."""
+    jobs = tmp_path / "jobs"
+    monkeypatch.setenv("HEADKIT_JOBS_DIR", str(jobs))
+    monkeypatch.setenv("HEADKIT_MAX_HUB_CACHE_MB", "8")
+    monkeypatch.setenv("HEADKIT_MAX_HEAD_MB", "4")
+    rng = np.random.default_rng(0)
+    for n in range(6):
+        junk = tmp_path / f"junk{n}.safetensors"
+        junk.write_bytes(rng.bytes(3 * 2**20))  # not a head: refused once read, but downloaded first
+        hub.add_file("stranger/junk", junk.name, junk)
+    cache = headkit.server.Settings.from_env().visitor_hub_cache
+    assert cache == jobs / ".hub-cache"
+    for n in range(6):
+        with pytest.raises(ValueError):
+            headkit.server.load_head_key(f"hf://stranger/junk/junk{n}.safetensors")
+        assert tree_bytes(cache) <= 8 * 2**20, f"after load {n + 1}: {tree_bytes(cache) / 2**20:.1f} MiB"
+    assert len(pulls(hub)) == 6  # each was really downloaded
+    assert len(list((cache / "models--stranger--junk" / "blobs").iterdir())) == 2  # the two most recent stay
+    root = headkit.server.JobRoot(jobs, max_age_s=0)
+    assert root.disk_mb(recount=True) >= tree_bytes(cache) / 2**20 > 5  # counted in max_server_mb
+    root.sweep()  # the age sweep of job folders leaves the cache to its own sweep
+    assert cache.is_dir()
+    assert not (tmp_path / "hf_home" / "hub" / "models--stranger--junk").exists()  # never the operator's cache

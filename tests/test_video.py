@@ -13,13 +13,21 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from conftest import make_video
-from video_files import BOMB_SIDE, panned_clip, resolution_bomb, size_changing_clip
+from kit import make_video
+from video_files import (
+    BOMB_SIDE,
+    concat_list_naming,
+    panned_clip,
+    playlist_naming,
+    private_clip,
+    resolution_bomb,
+    size_changing_clip,
+)
 
 import headkit
 from headkit.limits import LimitExceeded, Limits
 from headkit.tracking import Tracker
-from headkit.video import output_bound_mb, probe_video
+from headkit.video import ffmpeg_caps, output_bound_mb, probe_video
 
 SETTINGS = {"conf": 0.25, "iou": 0.7, "imgsz": 320}
 
@@ -207,3 +215,82 @@ def test_the_output_is_bounded_by_frames_times_pixels(tmp_path, base):
     result = headkit.annotate_video(base, noise, tmp_path / "out.mp4", **SETTINGS)
     assert result.frames == 20
     assert result.path.stat().st_size <= output_bound_mb(20, 320, 240) * 2**20 < noise.stat().st_size
+
+
+# --- a video names no other file (issue 26, finding 8) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory) -> Path:
+    return private_clip(tmp_path_factory.mktemp("server-private") / "secret.ts")
+
+
+def test_the_playlist_attack_is_real_for_plain_ffmpeg(tmp_path, secret):
+    """The attack as it worked: ffmpeg, asked plainly, reads the server's file through a playlist (this build follows
+    one named .m3u8; others also follow .ts and .mkv names) and prints the server's paths."""
+    playlist = playlist_naming(secret, tmp_path / "clip.m3u8")
+    run = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(playlist), "-f", "null", "-"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "Opening 'file:" in run.stderr and str(secret) in run.stderr and "Video: h264" in run.stderr
+
+
+@pytest.mark.parametrize("name", ["clip.m3u8", "clip.ts", "clip.mkv", "clip.mp4", "clip.mov"])
+@pytest.mark.parametrize("maker", [playlist_naming, concat_list_naming])
+def test_a_file_naming_a_server_file_is_refused_without_reading_it(tmp_path, base, secret, name, maker):
+    attack = maker(secret, tmp_path / name)
+    with pytest.raises(ValueError, match=f"{name}: not a video ffmpeg can read here") as refused:
+        headkit.annotate_video(base, attack, tmp_path / "out.mp4")
+    assert str(tmp_path) not in str(refused.value) and str(secret.parent) not in str(refused.value)  # no server path
+    assert not (tmp_path / "out.mp4").exists()
+    assert "playlists (.m3u8)" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "segment",
+    ["file:{secret}", "concat:{secret}|{secret}", "subfile,,start,0,end,0,,:{secret}", "http://127.0.0.1:9/a.ts"],
+)
+def test_ffmpeg_itself_refuses_other_demuxers_and_protocols(tmp_path, monkeypatch, secret, segment):
+    """Second wall: were a playlist to pass the first bytes check, ffmpeg may use only the file's one demuxer and the
+    file protocol, so neither the playlist nor any segment it names is opened; its messages are not shown."""
+    playlist = tmp_path / "clip.ts"
+    playlist.write_text(f"#EXTM3U\n#EXTINF:10,\n{segment.format(secret=secret)}\n#EXT-X-ENDLIST\n")
+    monkeypatch.setattr(headkit.video, "container_of", lambda head: "mpegts")  # as if it looked like MPEG-TS
+    with pytest.raises(ValueError, match="clip.ts: not a video ffmpeg can read within its limits") as refused:
+        probe_video(playlist)
+    assert str(tmp_path) not in str(refused.value) and str(secret) not in str(refused.value)
+    monkeypatch.setattr(headkit.video, "container_of", lambda head: "hls")  # even naming the playlist's demuxer:
+    with pytest.raises(ValueError, match="not a video ffmpeg can read within its limits"):  # only `file` reads
+        probe_video(playlist)
+
+
+def test_ffmpeg_errors_never_show_server_paths(tmp_path, base):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\0\0\0\x18ftypisom" + b"\0" * 64 + b"garbage" * 100)  # an mp4 signature, then nothing
+    with pytest.raises(ValueError, match="broken.mp4: not a video ffmpeg can read within its limits") as refused:
+        headkit.annotate_video(base, broken, tmp_path / "out.mp4")
+    assert str(tmp_path) not in str(refused.value)
+
+
+def test_real_containers_are_read_and_ffmpeg_runs_capped(tmp_path, video, secret):
+    """MP4 and MPEG-TS still read; every ffmpeg reading a stranger's file has an address-space and CPU cap."""
+    assert probe_video(video).frames > 0 and probe_video(secret).width == 64
+    memory, cpu = ffmpeg_caps(Limits())
+    assert memory == 512 * 2**20 + 64 * 3840 * 2160 and cpu == 2 * (900 + 30)
+    assert memory < 1.1 * 2**30  # 1.0 GiB at 4K UHD
+    seen = []
+    real = subprocess.Popen
+
+    def spy(command, *args, **kwargs):
+        process = real(command, *args, **kwargs)
+        seen.append(psutil.Process(process.pid))
+        return process
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess, "Popen", spy)
+        frames = headkit.video._frames(secret, probe_video(secret), Limits())
+        next(frames)
+        limits = seen[-1].rlimit(psutil.RLIMIT_AS), seen[-1].rlimit(psutil.RLIMIT_CPU)
+        frames.close()
+    assert limits[0] == (memory, memory) and limits[1][0] == cpu

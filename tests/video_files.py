@@ -54,3 +54,22 @@ def size_changing_clip(path: Path, small: tuple[int, int], large: tuple[int, int
         parts.append(part.read_bytes())
     path.write_bytes(b"".join(parts))
     return path
+
+
+def private_clip(path: Path, *, frames: int = 5) -> Path:
+    """A small MPEG-TS clip standing for a file of the server's that no visitor may read (a bright test pattern)."""
+    ffmpeg("-f", "lavfi", "-i", "testsrc=s=64x48:r=5", "-frames:v", str(frames), "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(path))  # fmt: skip
+    return path
+
+
+def playlist_naming(target: Path, out: Path) -> Path:
+    """A 100-byte HLS playlist whose one segment is `file:<target>`: ffmpeg follows it to the server's own file."""
+    out.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:{target}\n#EXT-X-ENDLIST\n")
+    return out
+
+
+def concat_list_naming(target: Path, out: Path) -> Path:
+    """An ffconcat list naming `target` (ffmpeg's concat demuxer opens each file it lists)."""
+    out.write_text(f"ffconcat version 1.0\nfile '{target}'\n")
+    return out

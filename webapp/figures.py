@@ -1,0 +1,20 @@
+"""Benchmark figures the app's help quotes: measured once, written here once, checked against the README's tables
+(`tests/test_newcomer.py`), so the help and the documentation cannot drift apart.
+
+Each figure names the benchmark that measures it; after re-running one, update it here and in the README together.
+"""
+
+from __future__ import annotations
+
+# benchmarks/head_vs_finetune.py on the plates, YOLOv8s fall base, 10 epochs at 320 px (README: "Head or neck branch")
+MAP50_HEAD = 0.642
+MAP50_NECK = 0.885
+MAP50_FINETUNE = 0.844
+BENCH_EPOCHS = 10
+BENCH_IMGSZ = 320
+# head files, fp16 safetensors (the shipped plate heads)
+HEAD_MB = 4.2
+NECK_MB = 12.2
+# benchmarks/merge_latency.py: merged latency / base (CPU, 1 thread, batch 1, 640 px, bus.jpg)
+LATENCY_HEAD = 1.13
+LATENCY_NECK = 1.53

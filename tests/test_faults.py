@@ -59,7 +59,7 @@ def test_stop_registers_no_head_and_the_next_training_works(base, tiny_plates: P
 def test_failed_save_keeps_the_previous_head_and_leaves_no_partial_file(
     plate_head, base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from headkit import headfile
+    from headkit import artefact
 
     target = plate_head.save(tmp_path / "plates.safetensors")
     before = target.read_bytes()
@@ -68,7 +68,7 @@ def test_failed_save_keeps_the_previous_head_and_leaves_no_partial_file(
         Path(filename).write_bytes(b"\0" * 1000)  # half a file, then the disk fills up
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(headfile, "save_file", disk_full)
+    monkeypatch.setattr(artefact, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         plate_head.save(target)
     assert target.read_bytes() == before
@@ -95,7 +95,9 @@ def test_process_killed_mid_save_leaves_the_last_whole_head(plate_head, tmp_path
     )
     try:
         assert child.stdout.readline().startswith("saved 0"), "the first save completed"
-        time.sleep(0.15)  # well inside the next save
+        deadline = time.monotonic() + 60
+        while not [p for p in folder.iterdir() if p != target] and time.monotonic() < deadline:
+            time.sleep(0.005)  # until the next save has opened its temporary file: the kill lands inside it
     finally:
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=60)

@@ -7,11 +7,12 @@ merged(1 neck branch) / base <= 1.65. Cost depends on the architecture only, so 
 is the base's own neck and head taken as a branch (same layers, same cost as a trained one).
 
     python benchmarks/merge_latency.py [--base PATH] [--head PATH|own] [--branch-head PATH] [--imgsz 640] [--rounds 30]
-        [--nms-free]
+        [--nms-free] [--also PATH ...]
 
 `--head own` takes the base's own head as the extra head (same layers and cost as a trained one: use it for a base
 without a shipped head, e.g. a YOLO26 checkpoint); `--nms-free` predicts with nms=False (the one-to-one branch of an
-end-to-end base such as YOLO26, no NMS).
+end-to-end base such as YOLO26, no NMS); `--also` adds a row "merged, 1 <file stem>" per head file given (another
+shape, e.g. a P3-path head), timed in the same rounds.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--nms-free", action="store_true", help="predict with nms=False (end-to-end bases)")
+    parser.add_argument("--also", nargs="*", default=[], help="more head files, one merged row each")
     args = parser.parse_args()
 
     base = headkit.load_model(args.base)
@@ -62,6 +64,8 @@ def main() -> int:
         "merged, head + neck branch": [headkit.merge(base, head, branch)],
         "base + single-head model": [base, single],
     }
+    for path in args.also:
+        variants[f"merged, 1 {Path(path).stem}"] = [headkit.merge(base, headkit.load_head(path))]
     image = str(ASSETS / "bus.jpg")
     for models in variants.values():  # warm-up: predictor setup, fusing, first-call allocations
         for model in models:

@@ -18,7 +18,7 @@ from .discovery import HeadSearch, HubHead, find_heads
 from .export import ExportedModel, export_merged
 from .headfile import Head, extract_head, load_head
 from .hub import push_head
-from .kinds import BRANCH_CHOICES, HeadKind
+from .kinds import BRANCH_CHOICES, SHAPES, HeadKind, Shape
 from .labels import DatasetError
 from .limits import LimitExceeded, Limits
 from .merging import merge
@@ -64,6 +64,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BRANCH_CHOICES",
+    "SHAPES",
+    "Shape",
     "ArchiveError",
     "Comparer",
     "Comparison",

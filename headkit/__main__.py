@@ -48,6 +48,10 @@ def _find(args: argparse.Namespace) -> None:
     print(json.dumps({"searched_at": found.searched_at, "offline": found.offline, "heads": rows}, indent=2))
 
 
+def _class_width(text: str) -> int | str:
+    return text if text == "narrow" else int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="headkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,9 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     train.add_argument(
         "--class-width",
-        type=int,
+        type=_class_width,
         default=None,
-        help="a narrow class branch this many channels wide, started from the base's strongest channels (e.g. 32)",
+        help="a narrow class branch this many channels wide, started from the base's strongest channels (e.g. 32), "
+        "or 'narrow' (picked from the dataset's classes: 32 for up to 32)",
     )
     train.add_argument(
         "--keypoint-trick", action="store_true", help="train as a one-keypoint pose head (small objects)"

@@ -76,6 +76,19 @@ def class_branch_widths(channels: Sequence[int]) -> range:
 
 
 MIN_CLASS_WIDTH = 8  # a narrow class branch (`narrow_detect`) keeps at least this many channels
+NARROW = "narrow"  # train_head(class_width="narrow"): the width `narrow_width` picks for the run's classes
+NARROW_FLOOR = 32  # the narrowest class branch "narrow" picks: the frontier's measured point (README, issue 28)
+
+
+def narrow_width(nc: int, channels: Sequence[int]) -> int | None:
+    """The class width `class_width="narrow"` gives a head of `nc` classes on maps of `channels`: Ultralytics' own
+    rule, max(floor, min(nc, 100)), with a floor of `NARROW_FLOOR` channels in place of the first map's width; None
+    where that is not below Ultralytics' width (many classes, or a narrow base): the run keeps the base's width.
+
+    A general rule, not a figure fitted to one dataset: the width grows with the classes as Ultralytics' does.
+    """
+    width = max(NARROW_FLOOR, min(nc, 100))
+    return width if width < class_branch_width(nc, channels) else None
 
 
 def narrow_widths(channels: Sequence[int]) -> range:

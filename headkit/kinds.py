@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .detect import NARROW
 from .labels import is_int
 from .trunk import base_facts
 
@@ -20,6 +21,19 @@ KEYPOINT_TRICK = "keypoint-trick"
 LEGACY_PTH = "imported-legacy-pth"
 BRANCH_CHOICES = ("head", "neck", "p3")
 PATH_CHOICES = {"p3": 0}  # a path branch: the Detect input (level) whose feeding layers the head owns
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A named head shape the app and the run layer offer: what `train_head` gets as `branch` and `class_width`."""
+
+    branch: str
+    class_width: int | str | None = None
+
+
+# Measured on the plates (README, "Head shapes"): "p3-narrow" is the cheap exact point (fine-tune accuracy at 1.25x
+# the base's GFLOPs); "head" the smallest file; "neck" the most accurate.
+SHAPES = {"head": Shape("head"), "p3-narrow": Shape("p3", NARROW), "neck": Shape("neck")}
 
 
 @dataclass(frozen=True)

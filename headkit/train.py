@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules.head import Detect
 
 from .base import clone_model, ensure_detect_base
 from .branch import Branch, BranchDetect, copy_layers
-from .detect import DetectLayout, class_branch_like, light_detect, narrow_detect
+from .detect import NARROW, DetectLayout, class_branch_like, light_detect, narrow_detect, narrow_width
 from .headfile import Head, extract_head
 from .kinds import PLAIN, branch_end, branch_inputs, resolve_branch
 from .merging import merge
@@ -59,6 +60,16 @@ def default_device() -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
+def _class_names(yaml_path: Path) -> list[str]:
+    """The dataset's class names (a data.yaml's `names`, a list or an index mapping), to size a "narrow" branch."""
+    names = (yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}).get("names")
+    if isinstance(names, dict):
+        names = list(names.values())
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{yaml_path}: no `names:` list of classes; class_width='narrow' needs the classes")
+    return names
+
+
 def _data_yaml(data: str | Path, base) -> Path:
     path = Path(data)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
@@ -85,7 +96,7 @@ def train_head(
     init_head: Head | None = None,
     branch: str | int = "head",
     class_branch: str = "base",
-    class_width: int | None = None,
+    class_width: int | str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a new head for the dataset's classes on the base's frozen layers with Ultralytics' own trainer.
@@ -116,8 +127,10 @@ def train_head(
             layout decides.
         class_width: a narrow class branch of this hidden width (`headkit.detect.narrow_widths`, below the base's),
             started from the base's own class branch: its strongest channels (`headkit.detect.narrow_detect`). Fewer
-            FLOPs for a head of few classes; the box branch is the base's, as for "base". Not with
-            class_branch="light", the keypoint trick or `init_head` (whose layout decides).
+            FLOPs for a head of few classes; the box branch is the base's, as for "base". "narrow" picks the width
+            from the dataset's classes (`headkit.detect.narrow_width`: 32 for up to 32 classes, growing with them as
+            Ultralytics' does; the base's width where that is not narrower). Not with class_branch="light", the
+            keypoint trick or `init_head` (whose layout decides).
         **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
     """
     ensure_detect_base(base)
@@ -131,9 +144,14 @@ def train_head(
             "from the base's own architecture); train with class_branch='base', or without the keypoint trick"
         )
     _check_class_width(class_width, light=light, keypoint_trick=keypoint_trick, init_head=init_head)
+    narrow = class_width == NARROW
+    if narrow:  # the width follows the classes: the dataset is read first
+        yaml_path = _data_yaml(data, base)
+        class_width = narrow_width(len(_class_names(yaml_path)), base_facts(base).layout.channels)
     path = None if end is None else (start, end)
     model = None if keypoint_trick else _start_model(base, init_head, class_width, path)  # refuses a bad width first
-    yaml_path = _data_yaml(data, base)
+    if not narrow:
+        yaml_path = _data_yaml(data, base)
     settings = _settings(
         base, yaml_path, start, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=project, name=name
     )
@@ -186,16 +204,18 @@ def _light_class_branch(base, class_branch: str, init_head: Head | None) -> bool
     return init_light
 
 
-def _check_class_width(class_width: int | None, *, light: bool, keypoint_trick: bool, init_head: Head | None) -> None:
+def _check_class_width(
+    class_width: int | str | None, *, light: bool, keypoint_trick: bool, init_head: Head | None
+) -> None:
     """Refuse `class_width` where a run cannot narrow the class branch (its range is checked by `narrow_detect`).
 
     Raises:
-        ValueError: not an int, or with class_branch='light', the keypoint trick or an init head.
+        ValueError: not an int or "narrow", or with class_branch='light', the keypoint trick or an init head.
     """
     if class_width is None:
         return
-    if isinstance(class_width, bool) or not isinstance(class_width, int):
-        raise ValueError(f"class_width={class_width!r}: expected a number of channels (an int) or None")
+    if class_width != NARROW and (isinstance(class_width, bool) or not isinstance(class_width, int)):
+        raise ValueError(f"class_width={class_width!r}: expected a number of channels (an int), 'narrow' or None")
     clash = (
         "class_branch='light' (a fresh depthwise branch)" if light
         else "keypoint_trick=True (the pose variant is built from the base's own architecture)" if keypoint_trick

@@ -14,7 +14,7 @@ from kit import copy_tiny_plates
 import headkit
 from headkit.__main__ import main
 from headkit.branch import Branch
-from headkit.detect import DetectLayout, HeadDoesNotFit, narrow_detect
+from headkit.detect import DetectLayout, HeadDoesNotFit, narrow_detect, narrow_width
 from headkit.headfile import Head
 from headkit.kinds import path_range
 from headkit.train import train_head
@@ -43,7 +43,7 @@ def p3(base, data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def p3_narrow(base, data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    return train_head(base, data, project=runs, name="p3n", branch="p3", class_width=WIDTH, **TINY).head
+    return train_head(base, data, project=runs, name="p3n", branch="p3", class_width="narrow", **TINY).head
 
 
 def rows(model, image, imgsz=320) -> torch.Tensor:
@@ -64,6 +64,14 @@ def test_a_narrow_class_branch_starts_from_the_base_strongest_channels(base):
     assert torch.equal(narrowed.cv3[0][1].conv.weight, own.cv3[0][1].conv.weight[second][:, strongest])
     assert all(torch.equal(v, own.state_dict()[k]) for k, v in narrowed.state_dict().items() if k.startswith("cv2."))
     assert own.cv3[0][0].conv.weight.shape[0] == 128  # the base's own head is untouched
+
+
+def test_narrow_picks_32_channels_for_few_classes_and_grows_with_them_as_ultralytics_does(p3_narrow):
+    assert p3_narrow.metadata["class_width"] == 32  # the 1-class plates, class_width="narrow"
+    assert p3_narrow.tensors["cv3.0.0.conv.weight"].shape[0] == 32
+    assert [narrow_width(nc, (128, 256, 512)) for nc in (1, 32, 64, 100, 500)] == [32, 32, 64, 100, 100]
+    # where Ultralytics' own width is no wider (yolov8n's 64-channel maps, 80 classes), the run keeps it
+    assert [narrow_width(nc, (64, 128, 256)) for nc in (1, 40, 64, 80)] == [32, 40, None, None]
 
 
 def test_a_narrow_head_trains_records_its_width_and_costs_less(narrow, plate_head):

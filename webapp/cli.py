@@ -25,12 +25,15 @@ def parse() -> None:
 
 
 def launch(demo: gr.Blocks) -> None:
+    from headkit.heap import keep_heap_trimmed
+
     from . import state
     from .guard import MIDDLEWARE
     from .heads import load_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     threading.Thread(target=load_model, args=(state.BASE,), daemon=True).start()  # warm the cache; the UI starts now
+    keep_heap_trimmed()  # what requests freed goes back to the system: RSS follows what the server holds
     demo.queue(default_concurrency_limit=state.INFERENCE_SLOTS).launch(
         max_file_size=MAX_UPLOAD,
         show_error=True,

@@ -100,14 +100,20 @@ KEY_HELP = (
     "api_name='/resume')` gets a key (or pass one to pick up its run). Keep it secret: it is the only way to them."
 )
 BRANCH_HELP = (
-    f"Head only: a Detect head on the frozen trunk — smallest (≈{figures.HEAD_MB:g} MB) and cheapest (merged "
-    f"≈{figures.LATENCY_HEAD:g}× the base's latency on YOLOv8s). Neck branch: the head also trains its own copy of "
-    f"the neck — on the plates benchmark mAP50 {figures.MAP50_NECK:g} vs {figures.MAP50_HEAD:g} for head only and "
-    f"{figures.MAP50_FINETUNE:g} for a full fine-tune ({figures.BENCH_EPOCHS} epochs, {figures.BENCH_IMGSZ} px); "
-    f"≈{figures.NECK_MB:g} MB, merged ≈{figures.LATENCY_NECK:g}× the base's latency. Base detections stay exact "
-    "either way."
+    f"Head only: a Detect head on the frozen trunk — smallest (≈{figures.HEAD_MB:g} MB; merged ≈"
+    f"{figures.LATENCY_HEAD:g}× the base's latency on YOLOv8s). P3 path, narrow: the head also trains its own copy "
+    "of the layers that feed the finest detection level, and its class branch is narrow (started from the base's "
+    f"strongest channels) — fine-tune accuracy at ≈{figures.LATENCY_P3_NARROW:g}× the base's latency "
+    f"(≈{figures.P3_NARROW_MB:g} MB). Neck branch: its own copy of the whole neck — the most accurate, "
+    f"≈{figures.LATENCY_NECK:g}× (≈{figures.NECK_MB:g} MB). On the plates benchmark ({figures.BENCH_EPOCHS} epochs, "
+    f"{figures.BENCH_IMGSZ} px) mAP50 {figures.MAP50_HEAD:g}, {figures.MAP50_P3_NARROW:g} and "
+    f"{figures.MAP50_NECK:g}; a full fine-tune {figures.MAP50_FINETUNE:g}. Base detections stay exact with each."
 )
-BRANCH_CHOICES = {"head": "Head only", "neck": "Neck branch"}
+BRANCH_CHOICES = {"head": "Head only", "p3-narrow": "P3 path, narrow", "neck": "Neck branch"}
+P3_WITHOUT_TRICK = (
+    "The P3 path shape does not combine with the keypoint trick yet: choose Head only or Neck branch for the trick, "
+    "or untick it."
+)
 BAD_BRANCH = "branch {branch!r}: expected one of {choices}"
 TRAIN_IMGSZ = "training image size (pixels)"
 KEYPOINT_TRICK_INFO = "train on box centres as keypoints, keep the box head"

@@ -128,7 +128,7 @@ def estimate_training(
         imgsz: training image size in pixels.
         batch: images per batch, 1 to 64.
         finetune: also fine-tune the whole model the usual way afterwards, for comparison (about 4x the time).
-        branch: what the new head owns: "head" (a Detect head only) or "neck" (its own copy of the neck too).
+        branch: the new head's shape: "head", "p3-narrow" or "neck" (as for /train_head).
 
     Returns:
         Markdown: the estimated time and memory, and whether this server allows the run
@@ -136,7 +136,7 @@ def estimate_training(
     if not counts:
         return texts.NO_ESTIMATE
     expected = run_estimate(
-        base, counts["train"], counts.get("val", 0), epochs, imgsz, finetune, batch=batch, branch=_known(branch)
+        base, counts["train"], counts.get("val", 0), epochs, imgsz, finetune, batch=batch, branch=_known(branch).branch
     )
     zero_gpu_max_s = SETTINGS.zero_gpu_max_s if SETTINGS.zero_gpu else None
     return server.explain_estimate(expected, LIMITS, finetune=bool(finetune), zero_gpu_max_s=zero_gpu_max_s)
@@ -156,12 +156,12 @@ def stop_training(request: gr.Request):
     return texts.STOPPING if stopped else texts.NO_RUN
 
 
-def _known(branch: str | None) -> str:
-    """The branch choice, or a refusal naming the choices (a script may send anything, or null)."""
-    if branch not in headkit.BRANCH_CHOICES:
+def _known(branch: str | None) -> headkit.Shape:
+    """The head shape chosen (`headkit.SHAPES`), or a refusal naming the choices (a script may send anything)."""
+    if branch not in headkit.SHAPES:
         choices = ", ".join(f"{value!r} ({label})" for value, label in texts.BRANCH_CHOICES.items())
         raise gr.Error(texts.BAD_BRANCH.format(branch=branch, choices=choices))
-    return branch
+    return headkit.SHAPES[branch]
 
 
 # --- the tab -------------------------------------------------------------------------------------------------------
@@ -286,7 +286,9 @@ class TrainTab:
             imgsz: training image size in pixels (up to the server's max_imgsz).
             batch: images per batch, 1 to 64.
             keypoint_trick: train on box centres as keypoints (helps small objects), and keep the box head.
-            branch: what the new head owns: "head" (a Detect head only) or "neck" (its own copy of the neck too).
+            branch: the new head's shape: "head" (a Detect head only), "p3-narrow" (its own copy of the layers
+                feeding the finest Detect input and a narrow class branch: fine-tune accuracy at ~1.25x the base's
+                cost) or "neck" (its own copy of the whole neck: the most accurate).
             finetune: afterwards, also fine-tune the whole model the usual way, for comparison in /compare.
 
         Returns:
@@ -298,7 +300,10 @@ class TrainTab:
             Ultralytics' training plots
             the Compare, Merge and Push pickers' choices, the new head selected in Compare
         """
-        branch = _known(branch)
+        shape = _known(branch)
+        if keypoint_trick and shape.branch == "p3":
+            raise gr.Error(texts.P3_WITHOUT_TRICK)
+        branch = shape.branch
         who = client(request, profile)  # refused here when this server asks visitors to sign in
         work, model = roomy_job(request), comparer(base).base
         LIMITS.check("max_imgsz", int(imgsz), texts.TRAIN_IMGSZ)
@@ -325,6 +330,7 @@ class TrainTab:
                 imgsz=int(imgsz),
                 batch=int(batch),
                 branch=branch,
+                class_width=shape.class_width,
                 keypoint_trick=bool(keypoint_trick),
                 finetune=bool(finetune),
                 options=tuple(TRAIN_OPTIONS.items()),

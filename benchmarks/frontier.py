@@ -7,7 +7,7 @@ and prints one table: val mAP50 and mAP50-95 (the head alone on the trunk), GFLO
 interleaved (round-robin, median) relative to the base, the head file's size and the training wall time relative to
 the fine-tune's. It writes an accuracy-against-cost plot (PNG) with the fine-tune's mAP50 as a line.
 
-Arms (issue 28): head only (the base's class branch, and a narrow one of `--class-width` channels started from the
+Arms: head only (the base's class branch, and a narrow one of `--class-width` channels started from the
 base's strongest), the P3 path branch (`branch="p3"`: the layers feeding the Detect's P3 input, YOLOv8 10-15, its
 P4/P5 inputs the base's own) with either class branch, and the neck branch. `--sweep` adds the older sweep: every
 neck block boundary with the base's and the light (depthwise) class branch.

@@ -153,7 +153,7 @@ def compressible_zip(out: Path, *, files: int, mib: int) -> Path:
     return out
 
 
-# --- the attacks of earlier reviews ---------------------------------------------------------------------------------
+# --- the attacks of earlier reviews -----------------------------------------------------------------------------------
 
 
 def earlier_attacks(target: Target, tmp: Path, trainer: Client, small_zip: Path) -> tuple[list[Attack], list[str]]:
@@ -221,7 +221,7 @@ def earlier_attacks(target: Target, tmp: Path, trainer: Client, small_zip: Path)
     return attacks, failures
 
 
-# --- the attacks of issue 26 -----------------------------------------------------------------------------------------
+# --- attacks on the worker processes, admission and reservations ------------------------------------------------------
 
 
 def metadata_flood(target: Target, tmp: Path) -> Attack:
@@ -458,7 +458,7 @@ def issue_26_attacks(target: Target, tmp: Path, hub: LoopbackHub, small_zip: Pat
     ]
 
 
-# --- the flood of queued runs, and helpers ---------------------------------------------------------------------------
+# --- the flood of queued runs, and helpers ----------------------------------------------------------------------------
 
 
 def flood(target: Target, train_zip: Path) -> Outcome:

@@ -77,7 +77,7 @@ def class_branch_widths(channels: Sequence[int]) -> range:
 
 MIN_CLASS_WIDTH = 8  # a narrow class branch (`narrow_detect`) keeps at least this many channels
 NARROW = "narrow"  # train_head(class_width="narrow"): the width `narrow_width` picks for the run's classes
-NARROW_FLOOR = 32  # the narrowest class branch "narrow" picks: the frontier's measured point (README, issue 28)
+NARROW_FLOOR = 32  # the narrowest class branch "narrow" picks: the frontier's measured point (README, "Head shapes")
 
 
 def narrow_width(nc: int, channels: Sequence[int]) -> int | None:
@@ -391,7 +391,7 @@ def narrow_detect(detect: Detect, width: int) -> Detect:
     of `detect`'s own with the largest BatchNorm scale |gamma| (how much each channel passes on, the usual pruning
     criterion), and the convolutions after them the matching input slices. The box branch, DFL and class outputs
     are `detect`'s. A class branch started from the base's weights learns in a few epochs what a fresh one needs
-    many for (issue 28: ~0.06 mAP50 in 10 epochs).
+    many for (~0.06 mAP50 in 10 epochs on the plates).
 
     Raises:
         ValueError: a width outside `narrow_widths` of `detect`'s maps or not below its own class width.

@@ -13,7 +13,6 @@ import ctypes
 import ctypes.util
 import logging
 import threading
-import time
 
 LOGGER = logging.getLogger(__name__)
 TRIM_EVERY_S = 10.0
@@ -39,16 +38,18 @@ def trim_heap() -> bool:
     return True
 
 
-def keep_heap_trimmed(every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
-    """Start a daemon thread that trims the heap every `every_s` seconds (None where there is nothing to trim)."""
+def keep_heap_trimmed(every_s: float = TRIM_EVERY_S, stop: threading.Event | None = None) -> threading.Thread | None:
+    """Start a daemon thread that trims the heap every `every_s` seconds until `stop` is set (a server: never); None
+    where there is nothing to trim."""
     trim = _libc_trim()
     if trim is None:
         LOGGER.info("no malloc_trim in this C library: freed heap memory stays with the process")
         return None
 
+    stop = stop or threading.Event()
+
     def loop() -> None:
-        while True:
-            time.sleep(every_s)
+        while not stop.wait(every_s):
             trim(0)
 
     thread = threading.Thread(target=loop, name="headkit-heap-trim", daemon=True)

@@ -34,6 +34,7 @@ from .catalog import (
     shipped_names,
 )
 from .comparing import label_previews
+from .heap import keep_heap_trimmed
 from .hub import base_tag
 from .jobs import Job, JobRoot
 from .keys import SessionOwners, UserKeys, check_session
@@ -86,6 +87,7 @@ __all__ = [
     "ZipLimits",
     "add_head",
     "base_tag",
+    "keep_heap_trimmed",
     "check_fits",
     "check_memory",
     "check_session",

@@ -172,7 +172,7 @@ def import_cost(source: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> Fil
 
 
 def test_20000_image_records_import_in_linear_work(tmp_path, monkeypatch):
-    """Attack (issue 26, finding 2): each image record listed and stat-ed the top of the upload, so 19,999 records
+    """Attack: each image record listed and stat-ed the top of the upload, so 19,999 records
     cost > 240 s of CPU per call. Counted here, not timed: an import lists each folder once whatever the number of
     records, and stats no more often per record than for 200 records (the quadratic lookup made ~N stats per record).
     """

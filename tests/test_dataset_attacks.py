@@ -381,7 +381,7 @@ def test_coco_image_with_10000_boxes_is_refused_naming_it(plate: Path, tmp_path:
 
 
 def test_three_json_files_each_under_the_limit_are_refused_together(plate: Path, tmp_path: Path):
-    """Attack (issue 26, finding 6): three COCO files in one upload, each just under `max_json_values`, were each
+    """Attack: three COCO files in one upload, each just under `max_json_values`, were each
     accepted and all parsed at once (+1.7 GiB per request). The limits hold for the upload's JSON files together,
     checked before any is parsed."""
     archive = json_files_each_under_the_limit(plate, tmp_path / "three.zip", strings=4_000)
@@ -409,7 +409,7 @@ def test_json_bytes_of_an_upload_count_together(plate: Path, tmp_path: Path):
 
 
 def test_concurrent_uploads_never_take_more_disk_than_the_server_has(tmp_path: Path):
-    """Attack (issue 26, finding 3): 10 sessions uploading at once, each checked against a disk figure up to 5 s old,
+    """Attack: 10 sessions uploading at once, each checked against a disk figure up to 5 s old,
     wrote 1,574 MiB against max_server_mb=200. Each extraction now reserves its declared size under one lock first:
     10 threads extracting 6 MiB each against a 20 MiB server never have more on disk than 20 MiB."""
     jobs = tmp_path / "jobs"

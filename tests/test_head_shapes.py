@@ -1,4 +1,4 @@
-"""Head shapes that cost less than the neck branch (issue 28), saved, loaded and merged with the base's rows bit-exact,
+"""Head shapes that cost less than the neck branch, saved, loaded and merged with the base's rows bit-exact,
 refused where they do not fit: a narrow class branch started from the base's own (train_head class_width=N), and a
 path branch (branch="p3") owning only the layers that feed the Detect's P3 input, its P4/P5 inputs the base's own.
 """

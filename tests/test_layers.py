@@ -19,7 +19,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "headkit"
 
 # Earliest first. A new module gets a place here, or this test names it.
 LAYERS = (
-    ("settings and storage", {"limits", "settings", "filenames", "keys", "disk", "retention", "jobs", "worker"}),
+    (
+        "settings and storage",
+        {"limits", "settings", "filenames", "keys", "disk", "retention", "jobs", "worker", "heap"},
+    ),
     ("datasets", {"archive", "labels", "layout", "coco", "datasets", "keypoints"}),
     ("sources", {"sources"}),  # where files come from: paths, weights/, the Hub
     ("metadata schema", {"schema"}),  # the type system every file's metadata is checked against

@@ -91,21 +91,34 @@ def test_a_missing_base_is_said_once_as_text(browser, tmp_path):  # noqa: F811
 
 
 def test_the_help_quotes_the_readmes_benchmark_figures():
-    """What the Train tab's help says of head and neck branch is what the README measured: one set of figures
-    (webapp/figures.py), checked here against the README's table so that neither drifts alone."""
-    from webapp import figures
+    """What the Train tab's help says of each head shape is what the README measured: one set of figures
+    (webapp/figures.py), checked here against the README's table and the help text so that neither drifts alone."""
+    from webapp import figures, texts
 
+    section = (REPO / "README.md").read_text("utf-8").split("\n## Head shapes\n", 1)[1].split("\n## ", 1)[0]
     rows = {
-        cells[1].strip(): [c.strip() for c in cells[2:-1]]
-        for line in (REPO / "README.md").read_text("utf-8").splitlines()
-        if line.startswith("| ") and len(cells := line.split("|")) >= 4
+        cells[1].strip(): [c.strip().strip("*") for c in cells[2:-1]]
+        for line in section.splitlines()
+        if line.startswith("| ") and len(cells := line.split("|")) >= 5
     }
+    shapes = rows[""]  # the header row names the columns
+    assert shapes == ["head only", "P3 path, narrow", "neck branch"], shapes
     accuracy = rows[
         f"new-class val mAP50, {figures.BENCH_EPOCHS} epochs at {figures.BENCH_IMGSZ} px "
         f"(full fine-tune: {figures.MAP50_FINETUNE:g})"
     ]
-    assert accuracy[0].startswith(f"{figures.MAP50_HEAD:g} ") and accuracy[1].startswith(f"**{figures.MAP50_NECK:g} ")
-    sizes = rows["head file (fp16 safetensors)"]
-    assert sizes[0].startswith(f"{figures.HEAD_MB:g} MB") and sizes[1].startswith(f"{figures.NECK_MB:g} MB")
+    sizes = rows["head file (fp16 safetensors), shipped"]
     latency = next(v for k, v in rows.items() if k.startswith("merged latency / base"))
-    assert latency == [f"{figures.LATENCY_HEAD:g}", f"{figures.LATENCY_NECK:g}"]
+    quoted = {
+        "head only": (figures.MAP50_HEAD, figures.HEAD_MB, figures.LATENCY_HEAD),
+        "P3 path, narrow": (figures.MAP50_P3_NARROW, figures.P3_NARROW_MB, figures.LATENCY_P3_NARROW),
+        "neck branch": (figures.MAP50_NECK, figures.NECK_MB, figures.LATENCY_NECK),
+    }
+    for column, (map50, megabytes, slower) in quoted.items():
+        at = shapes.index(column)
+        assert accuracy[at].startswith(f"{map50:.3f} "), (column, accuracy[at])
+        assert sizes[at].startswith(f"{megabytes:.1f} MB"), (column, sizes[at])
+        assert latency[at] == f"{slower:.2f}", (column, latency[at])
+        shown = next(label for label, _ in texts.SHAPE_CHOICES if label.startswith(column.capitalize()))
+        assert f"mAP50 {map50:.3f}, {slower:.2f}× the base's time, {megabytes:.1f} MB" in shown, shown
+    assert f"{figures.MAP50_FINETUNE:.3f}" in texts.BRANCH_HELP

@@ -130,7 +130,7 @@ def test_files_that_are_not_models(tmp_path):
 
 
 def test_typed_addresses_fill_no_more_than_the_visitors_hub_cache(hub, tmp_path, monkeypatch):
-    """Attack (issue 26, finding 4): six typed addresses of 150 MiB non-head files left 900 MiB in a cache nobody
+    """Attack: six typed addresses of 150 MiB non-head files left 900 MiB in a cache nobody
     counted. Here (scaled down: 3 MiB files, a 8 MiB cache) the visitors' cache is a folder of the jobs root, counted
     in its disk figure, and swept least recently used first after every download."""
     jobs = tmp_path / "jobs"

@@ -217,7 +217,7 @@ def test_the_output_is_bounded_by_frames_times_pixels(tmp_path, base):
     assert result.path.stat().st_size <= output_bound_mb(20, 320, 240) * 2**20 < noise.stat().st_size
 
 
-# --- a video names no other file (issue 26, finding 8) --------------------------------------------------------------
+# --- a video names no other file --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

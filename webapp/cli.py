@@ -25,7 +25,7 @@ def parse() -> None:
 
 
 def launch(demo: gr.Blocks) -> None:
-    from headkit.heap import keep_heap_trimmed
+    from headkit.server import keep_heap_trimmed
 
     from . import state
     from .guard import MIDDLEWARE

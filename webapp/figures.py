@@ -6,10 +6,10 @@ Each figure names the benchmark that measures it; after re-running one, update i
 
 from __future__ import annotations
 
-# benchmarks/head_vs_finetune.py on the plates, YOLOv8s fall base, 10 epochs at 320 px (README: "Head or neck branch")
+# benchmarks/frontier.py on the plates, YOLOv8s fall base, one run, 10 epochs at 320 px (README: "Head shapes")
 MAP50_HEAD = 0.642
-MAP50_P3_NARROW = 0.870  # benchmarks/frontier.py, same settings (README: "Head shapes")
-MAP50_NECK = 0.885
+MAP50_P3_NARROW = 0.870
+MAP50_NECK = 0.848
 MAP50_FINETUNE = 0.844
 BENCH_EPOCHS = 10
 BENCH_IMGSZ = 320
@@ -17,7 +17,8 @@ BENCH_IMGSZ = 320
 HEAD_MB = 4.2
 P3_NARROW_MB = 3.4
 NECK_MB = 12.2
-# benchmarks/merge_latency.py: merged latency / base (CPU, 1 thread, batch 1, 640 px, bus.jpg)
-LATENCY_HEAD = 1.13
-LATENCY_P3_NARROW = 1.25
-LATENCY_NECK = 1.53
+# benchmarks/merge_latency.py --rounds 30: merged latency / base (CPU, 1 thread, batch 1, 640 px, bus.jpg), the
+# shipped heads (README: "Merge latency")
+LATENCY_HEAD = 1.22
+LATENCY_P3_NARROW = 1.31
+LATENCY_NECK = 1.58

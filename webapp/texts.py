@@ -99,17 +99,24 @@ KEY_HELP = (
     "reopening it shows the run (or its result) again. Scripts: `key, *_ = client.predict('', BASE, "
     "api_name='/resume')` gets a key (or pass one to pick up its run). Keep it secret: it is the only way to them."
 )
-BRANCH_HELP = (
-    f"Head only: a Detect head on the frozen trunk — smallest (≈{figures.HEAD_MB:g} MB; merged ≈"
-    f"{figures.LATENCY_HEAD:g}× the base's latency on YOLOv8s). P3 path, narrow: the head also trains its own copy "
-    "of the layers that feed the finest detection level, and its class branch is narrow (started from the base's "
-    f"strongest channels) — fine-tune accuracy at ≈{figures.LATENCY_P3_NARROW:g}× the base's latency "
-    f"(≈{figures.P3_NARROW_MB:g} MB). Neck branch: its own copy of the whole neck — the most accurate, "
-    f"≈{figures.LATENCY_NECK:g}× (≈{figures.NECK_MB:g} MB). On the plates benchmark ({figures.BENCH_EPOCHS} epochs, "
-    f"{figures.BENCH_IMGSZ} px) mAP50 {figures.MAP50_HEAD:g}, {figures.MAP50_P3_NARROW:g} and "
-    f"{figures.MAP50_NECK:g}; a full fine-tune {figures.MAP50_FINETUNE:g}. Base detections stay exact with each."
-)
 BRANCH_CHOICES = {"head": "Head only", "p3-narrow": "P3 path, narrow", "neck": "Neck branch"}
+SHAPE_FIGURES = {  # shape -> (new-class mAP50, merged latency / base, head file MB), as the README's "Head shapes"
+    "head": (figures.MAP50_HEAD, figures.LATENCY_HEAD, figures.HEAD_MB),
+    "p3-narrow": (figures.MAP50_P3_NARROW, figures.LATENCY_P3_NARROW, figures.P3_NARROW_MB),
+    "neck": (figures.MAP50_NECK, figures.LATENCY_NECK, figures.NECK_MB),
+}
+SHAPE_CHOICES = [
+    (f"{BRANCH_CHOICES[shape]} — mAP50 {map50:.3f}, {slower:.2f}× the base's time, {megabytes:.1f} MB", shape)
+    for shape, (map50, slower, megabytes) in SHAPE_FIGURES.items()
+]
+BRANCH_HELP = (
+    "Head only: a Detect head on the frozen trunk. P3 path, narrow: also its own copy of the layers that feed the "
+    "finest detection level, with a narrow class branch started from the base's strongest channels. Neck branch: its "
+    "own copy of the whole neck. Base detections stay exact with each. Figures: new-class mAP50 on the plates "
+    f"benchmark ({figures.BENCH_EPOCHS} epochs at {figures.BENCH_IMGSZ} px; a full fine-tune "
+    f"{figures.MAP50_FINETUNE:.3f}, which forgets the base), merged time per image against the base's alone on "
+    "YOLOv8s (CPU), head file size."
+)
 P3_WITHOUT_TRICK = (
     "The P3 path shape does not combine with the keypoint trick yet: choose Head only or Neck branch for the trick, "
     "or untick it."

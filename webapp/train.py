@@ -187,12 +187,14 @@ class TrainTab:
             epochs = gr.Slider(1, 300, value=30, step=1, label="Epochs", elem_id="epochs")
             imgsz = gr.Slider(160, LIMITS.max_imgsz, value=640, step=32, label="Image size", elem_id="train-size")
             batch = gr.Slider(1, 64, value=16, step=1, label="Batch", elem_id="batch")
+        with gr.Row():
             branch = gr.Radio(
-                [(label, value) for value, label in texts.BRANCH_CHOICES.items()],
+                texts.SHAPE_CHOICES,
                 value="head",
                 label="What the new head owns",
                 info=texts.BRANCH_HELP,
                 elem_id="branch",
+                scale=3,
             )
             keypoint_trick = gr.Checkbox(label="Keypoint trick (small objects)", info=texts.KEYPOINT_TRICK_INFO)
             finetune = gr.Checkbox(

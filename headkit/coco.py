@@ -1,4 +1,4 @@
-"""COCO JSON detection datasets: find their annotation files, check every record, write them out in YOLO layout.
+"""COCO JSON detection datasets: find their annotation files, check every record, write them out in YOLO folder structure.
 
 Annotation tools (Roboflow, CVAT, Label Studio) and public data sets export COCO JSON as often as YOLO text. Ultralytics'
 own `convert_coco` assumes COCO's category ids (1-based, optionally the 91 -> 80 map) and checks nothing, so a file
@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
+from .folders import JSON_PARTS, SPLIT_NAMES, visible
 from .labels import DatasetError, is_int, load_json
-from .layout import JSON_PARTS, SPLIT_NAMES, visible
 from .limits import Limits
 
 COCO_KEYS = ("images", "annotations", "categories")

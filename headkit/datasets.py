@@ -16,10 +16,9 @@ from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_pat
 
 from headkit.archive import ArchiveError, ZipLimits, extract_zip
 from headkit.coco import convert_coco, find_coco_files
-from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_label_line, read_label_rows, read_names
-from headkit.layout import (
+from headkit.folders import (
     DATASET_FILES,
-    LAYOUTS,
+    FOLDER_STRUCTURES,
     SPLITS,
     Record,
     find_classes_txt,
@@ -33,6 +32,7 @@ from headkit.layout import (
     split_val,
     visible,
 )
+from headkit.labels import DatasetError, load_yaml, names_file_bytes, parse_label_line, read_label_rows, read_names
 from headkit.limits import Limits
 from headkit.settings import current_limits
 from headkit.worker import run_in_worker
@@ -95,7 +95,7 @@ def load_dataset(
 
     Without YOLO label files, any JSON file near the top holding COCO `images`, `annotations` and `categories` lists
     (Roboflow's `_annotations.coco.json`, COCO's and CVAT's `instances_*.json`, Label Studio's `result.json`; see
-    `headkit.coco`) is checked record by record and written out in YOLO layout in a new folder; class ids follow the
+    `headkit.coco`) is checked record by record and written out in YOLO folder structure in a new folder; class ids follow the
     category ids in ascending order. Other JSON files are ignored with a note.
 
     Without a val split, `val_fraction` of the train images (chosen by a hash of their names: the same every time)
@@ -107,7 +107,7 @@ def load_dataset(
 
     A folder is the caller's own: one that already has train and val splits and a data.yaml pointing at them without
     `path:` is used in place and never written to, `*.cache` files included; pass anything from a stranger as a zip.
-    Other folders (Roboflow layout, no val split, no data.yaml) are rebuilt like zips. The new folder is removed again
+    Other folders (Roboflow folder structure, no val split, no data.yaml) are rebuilt like zips. The new folder is removed again
     on refusal.
 
     The reading runs in a worker process (`headkit.worker`) with `limits.max_worker_mb` of memory and
@@ -115,7 +115,7 @@ def load_dataset(
     never the caller. Its refusals reach the caller as the same types with the same messages.
 
     Args:
-        source: Dataset folder or .zip, in Ultralytics or Roboflow YOLO layout, possibly inside one top folder.
+        source: Dataset folder or .zip, in Ultralytics or Roboflow YOLO folder structure, possibly inside one top folder.
         work_dir: Where zips are extracted and datasets rebuilt.
         base_names: The base model's class names; a new class with the same name is warned about.
         val_fraction: Share of train images moved to val when there is no val split.
@@ -237,9 +237,9 @@ def _load(
     records = {split: records[split] for split in SPLITS if records.get(split)}
     if not records:
         formats = ", ".join(sorted(IMG_FORMATS))
-        raise DatasetError(f"{root.name}: no images found; expected image files ({formats}) in {LAYOUTS}")
+        raise DatasetError(f"{root.name}: no images found; expected image files ({formats}) in {FOLDER_STRUCTURES}")
     if "train" not in records:
-        raise DatasetError(f"{root.name}: the train split has no images; expected {LAYOUTS}")
+        raise DatasetError(f"{root.name}: the train split has no images; expected {FOLDER_STRUCTURES}")
     # Never in place for a zip: its folder may hold what Ultralytics loads unchecked (labels/*.cache is unpickled).
     in_place = not from_zip and "val" in records and is_normalized(data, yaml_path, root, {s: dirs[s] for s in records})
     if "val" not in records:

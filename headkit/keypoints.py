@@ -23,8 +23,8 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.nn.modules import Pose
 from ultralytics.nn.tasks import DetectionModel
 
+from .folders import SPLITS
 from .labels import load_yaml, names_file_bytes, parse_label_line
-from .layout import SPLITS
 from .settings import current_limits
 
 LOGGER = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _split_folders(data: dict, src: Path) -> dict[str, Path]:
         if folder is None or not folder.is_dir() or not folder.is_relative_to(images):
             raise ValueError(
                 f"expected data.yaml {key}: to name a folder under {images}, got {value!r}; "
-                "use the layout images/{split}/ + labels/{split}/ beside data.yaml"
+                "use the folder structure images/{split}/ + labels/{split}/ beside data.yaml"
             )
         splits[key] = folder.relative_to(images)
     if "train" not in splits:

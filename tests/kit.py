@@ -54,7 +54,7 @@ def assert_rows_exact(got, expected, what: str = "") -> None:
 
 
 def copy_tiny_plates(plates_dir: Path, out: Path, *, train: int = 8, val: int = 4) -> Path:
-    """Copy a few plate images per split (YOLO layout with data.yaml) into `out`, for fast training tests."""
+    """Copy a few plate images per split (YOLO folder structure with data.yaml) into `out`, for fast training tests."""
     for split, count in (("train", train), ("val", val)):
         images = sorted((plates_dir / "images" / split).glob("*.jpg"))[:count]
         for image in images:

@@ -304,7 +304,7 @@ def test_missing_source_and_other_files_are_refused(tmp_path: Path):
 def test_no_layout_is_refused(tmp_path: Path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_bytes(_jpeg())
-    with pytest.raises(DatasetError, match="no dataset layout found.*Roboflow"):
+    with pytest.raises(DatasetError, match="no dataset folder structure found.*Roboflow"):
         load_dataset(tmp_path)
 
 

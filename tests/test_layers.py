@@ -23,7 +23,7 @@ LAYERS = (
         "settings and storage",
         {"limits", "settings", "filenames", "keys", "disk", "retention", "jobs", "worker", "heap"},
     ),
-    ("datasets", {"archive", "labels", "layout", "coco", "datasets", "keypoints"}),
+    ("datasets", {"archive", "labels", "folders", "coco", "datasets", "keypoints"}),
     ("sources", {"sources"}),  # where files come from: paths, weights/, the Hub
     ("metadata schema", {"schema"}),  # the type system every file's metadata is checked against
     ("trunk maths", {"detect", "trunk", "kinds", "branch", "concat", "base"}),  # detect: all of Ultralytics' Detect

@@ -20,7 +20,7 @@ def convert_to_keypoints(archive: str | None, request: gr.Request):
         archive: the detection dataset as a .zip file (YOLO or COCO JSON).
 
     Returns:
-        the keypoint dataset as a .zip file (Ultralytics pose layout, kpt_shape [1, 3])
+        the keypoint dataset as a .zip file (Ultralytics pose folder structure, kpt_shape [1, 3])
         JSON: the images per split, kpt_shape and the file name
     """
     source = upload(archive, ".zip", texts.DATASET_ZIP)

@@ -78,7 +78,7 @@ WEBCAM_HELP = (
 )
 
 # --- Train ---------------------------------------------------------------------------------------------------------
-TRAIN_HELP = """Upload a detection dataset as a **.zip**: YOLO (Ultralytics or Roboflow layout, with data.yaml or classes.txt)
+TRAIN_HELP = """Upload a detection dataset as a **.zip**: YOLO (Ultralytics or Roboflow folder structure, with data.yaml or classes.txt)
 or COCO JSON (Roboflow, COCO, CVAT or Label Studio exports: any JSON file with images, annotations and categories).
 Without a val split, one is set aside from the train images (the same images every time) and the summary says so.
 Its summary and a few labelled images appear first. Training runs one job at a time: while another runs, your place in

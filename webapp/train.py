@@ -61,7 +61,7 @@ WORK = server.in_gpu_call(train_on_gpu) if SETTINGS.zero_gpu else train_here
 def load_dataset(base: str, archive: str | None, request: gr.Request):
     """Check a detection dataset (.zip) and summarise it before training: classes, images, labelled images and boxes
     per split, with warnings (e.g. a class the base already has, a val split set aside). Accepts YOLO (Ultralytics or
-    Roboflow layout) and COCO JSON exports.
+    Roboflow folder structure) and COCO JSON exports.
 
     Args:
         base: the base model the dataset's classes are compared with (as /load_model lists it).

@@ -1,4 +1,4 @@
-"""Where a YOLO dataset's parts are (Ultralytics or Roboflow layout), and how to rebuild it in the Ultralytics one."""
+"""Where a YOLO dataset's parts are (Ultralytics or Roboflow folder structure), and how to rebuild it in the Ultralytics one."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SPLITS = ("train", "val", "test")
 """The splits a dataset is written with, in this order (data.yaml keys and folder names alike)."""
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 """Each folder name (or file-name prefix) a split is found under -> its split; Roboflow writes `valid/`."""
-LAYOUTS = "images/train + labels/train (Ultralytics) or train/images + train/labels (Roboflow)"
+FOLDER_STRUCTURES = "images/train + labels/train (Ultralytics) or train/images + train/labels (Roboflow)"
 _SKIPPED = {"__MACOSX"}
 JSON_PARTS = 3
 """Deepest JSON file read as COCO annotations, in path parts: `export/annotations/instances_train.json`."""
@@ -72,7 +72,7 @@ def find_root(base: Path) -> Path:
     if len(children) == 1 and children[0].is_dir() and _looks_like_dataset(children[0]):
         return children[0]
     found = ", ".join(p.name for p in children[:8]) or "nothing"
-    raise DatasetError(f"{base.name}: no dataset layout found; expected {LAYOUTS}, found {found}")
+    raise DatasetError(f"{base.name}: no dataset folder structure found; expected {FOLDER_STRUCTURES}, found {found}")
 
 
 def find_splits(root: Path, base: Path) -> dict[str, Path]:

@@ -287,7 +287,7 @@ class TrainTab:
             epochs: training epochs, 1 to 300.
             imgsz: training image size in pixels (up to the server's max_imgsz).
             batch: images per batch, 1 to 64.
-            keypoint_trick: train on box centres as keypoints (helps small objects), and keep the box head.
+            keypoint_trick: train on box centres as keypoints, and keep the box head (measured: no gain on the plates).
             branch: the new head's shape: "head" (a Detect head only), "p3-narrow" (its own copy of the layers
                 feeding the finest Detect input and a narrow class branch: fine-tune accuracy at ~1.25x the base's
                 cost) or "neck" (its own copy of the whole neck: the most accurate).

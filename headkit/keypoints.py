@@ -231,7 +231,7 @@ def pose_to_detect(model: YOLO, *, path: str | Path | None = None) -> YOLO:
     """The detect model inside a trained pose model: same trunk, boxes and classes, no keypoint branch.
 
     The detect network is built from the pose model's own architecture with its head row switched to Detect, through
-    the same parser, so the head layout (legacy or not) matches; then every tensor it has is copied across.
+    the same parser, so the head layout (its class-branch style) matches; then every tensor it has is copied across.
 
     Args:
         model: a YOLO pose model (task 'pose', Pose head).

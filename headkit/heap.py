@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 
@@ -18,6 +19,7 @@ LOGGER = logging.getLogger(__name__)
 TRIM_EVERY_S = 10.0
 
 
+@functools.cache  # find_library runs ldconfig: look the C library up once per process
 def _libc_trim():
     name = ctypes.util.find_library("c")
     try:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules.head import Detect
 
@@ -21,10 +20,12 @@ from .branch import Branch, BranchDetect, copy_layers
 from .detect import NARROW, DetectLayout, class_branch_like, light_detect, narrow_detect, narrow_width
 from .headfile import Head, extract_head
 from .kinds import PLAIN, branch_end, branch_inputs, resolve_branch
+from .labels import load_yaml, names_file_bytes, read_names
 from .merging import merge
 from .posehead import detect_head_from_pose, train_pose_head
 from .progress import TrainingCancelled, TrainProgress, train_reporting  # noqa: F401 (callers catch it from here)
 from .runfiles import RunFiles
+from .settings import current_limits
 from .trunk import base_facts, detection_model
 
 LOGGER = logging.getLogger(__name__)
@@ -60,14 +61,11 @@ def default_device() -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
-def _class_names(yaml_path: Path) -> list[str]:
-    """The dataset's class names (a data.yaml's `names`, a list or an index mapping), to size a "narrow" branch."""
-    names = (yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}).get("names")
-    if isinstance(names, dict):
-        names = list(names.values())
-    if not isinstance(names, list) or not names:
-        raise ValueError(f"{yaml_path}: no `names:` list of classes; class_width='narrow' needs the classes")
-    return names
+def _class_names(yaml_path: Path) -> dict[int, str]:
+    """The dataset's class names, read as uploads are (bounded file, checked names), to size a "narrow" branch."""
+    limits = current_limits()
+    data = load_yaml(yaml_path, yaml_path.name, max_bytes=names_file_bytes(limits))
+    return read_names(data, yaml_path.name, None, "", limits=limits)
 
 
 def _data_yaml(data: str | Path, base) -> Path:

@@ -9,7 +9,9 @@ the fine-tune's. It writes an accuracy-against-cost plot (PNG) with the fine-tun
 
 Arms: head only (the base's class branch, and a narrow one of `--class-width` channels started from the
 base's strongest), the P3 path branch (`branch="p3"`: the layers feeding the Detect's P3 input, YOLOv8 10-15, its
-P4/P5 inputs the base's own) with either class branch, and the neck branch. `--sweep` adds the older sweep: every
+P4/P5 inputs the base's own) with either class branch, its last stage alone (`branch="p3-last"`, YOLOv8 13-15) with
+the narrow class branch, and the neck branch; head only and the P3 last stage also with `box_branch="shared"` (the
+base's box branch where the head reads the base's maps, run once in the merged model). `--sweep` adds the older sweep: every
 neck block boundary with the base's and the light (depthwise) class branch.
 
     python benchmarks/frontier.py [--base PATH] [--data data.yaml] [--epochs 10] [--imgsz 320] [--batch 16]
@@ -96,6 +98,13 @@ def arms(base, width: int, sweep: bool) -> list[tuple[str, str, dict]]:
     chosen = [
         ("head only", "head", {}),
         (f"head only, class {width}", f"head-c{width}", {"class_width": width}),
+        ("head only, shared box", "head-shared", {"box_branch": "shared"}),
+        (f"P3 last stage, class {width}", f"p3last-c{width}", {"branch": "p3-last", "class_width": width}),
+        (
+            f"P3 last stage, class {width}, shared box",
+            f"p3last-c{width}-shared",
+            {"branch": "p3-last", "class_width": width, "box_branch": "shared"},
+        ),
         (f"P3 path, class {width}", f"p3-c{width}", {"branch": "p3", "class_width": width}),
         ("P3 path", "p3", {"branch": "p3"}),
         ("neck branch", "neck", {"branch": "neck"}),

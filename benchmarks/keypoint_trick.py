@@ -1,11 +1,12 @@
 """Plain head vs keypoint-trick head: same base, data, epochs, image size, batch, device and seed.
 
     python benchmarks/keypoint_trick.py [--base PATH] [--data data.yaml] [--epochs 10] [--imgsz 320] [--batch 16]
-        [--device auto] [--workers N] [--gains-control] [--branch head|neck] [--project runs/keypoint_trick]
-        [--out results.json]
+        [--device auto] [--workers N] [--gains-control] [--branch head|neck|p3|p3-last] [--class-width N|narrow]
+        [--project runs/keypoint_trick] [--out results.json]
 
 Each head is trained with `train_head` on the base's frozen trunk (`keypoint_trick=True` for the trick; with
-`--branch neck` both arms own a copy of the neck, which the keypoint loss then shapes), merged as
+`--branch neck` both arms own a copy of the neck, which the keypoint loss then shapes; likewise the layers of a path
+branch, `--branch p3-last --class-width narrow` being the cheap exact point `headkit.SHAPES["p3-last-narrow"]`), merged as
 the only head on the base trunk (`merge(base, head, keep_base_head=False)`) and evaluated on the val split at --imgsz:
 
 - mAP50, mAP50-95: Ultralytics' val, box metrics (conf 0.001, NMS IoU 0.7).
@@ -190,7 +191,15 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None, help="dataloader workers (default: headkit's)")
     parser.add_argument("--gains-control", action="store_true", help="also train a plain head with box=dfl=0.01")
-    parser.add_argument("--branch", default="head", help="'head' (frozen trunk) or 'neck' (both arms own a neck copy)")
+    parser.add_argument(
+        "--branch", default="head", help="'head' (frozen trunk), 'neck', 'p3' or 'p3-last' (both arms own those layers)"
+    )
+    parser.add_argument(
+        "--class-width",
+        default=None,
+        type=lambda v: v if v == "narrow" else int(v),
+        help="both arms' class branch this many channels wide, or 'narrow'",
+    )
     parser.add_argument("--project", type=Path, default=REPO / "runs" / "keypoint_trick")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -210,6 +219,7 @@ def main() -> int:
         "project": args.project,
         "verbose": False,
         "branch": args.branch,
+        "class_width": args.class_width,
     }
     if args.workers is not None:
         common["workers"] = args.workers
@@ -229,7 +239,7 @@ def main() -> int:
     print(
         f"{Path(args.data).parent.name} val: {len(images)} images, {plain['objects']} objects, "
         f"{plain['small objects']} small (< 32² px at imgsz {args.imgsz}); epochs {args.epochs}, batch {args.batch}, "
-        f"device {args.device}, branch {args.branch}"
+        f"device {args.device}, branch {args.branch}, class width {args.class_width or 'as the base head'}"
     )
     rows = ["mAP50", "mAP50-95", "mAP50 small", "mAP50 (matcher)", "train s", "params"]
     print(f"{'metric':18s}" + "".join(f"{n:>22s}" for n in results) + f"{'trick/plain':>14s}")

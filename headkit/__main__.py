@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> None:
         branch=args.branch,
         class_branch=args.class_branch,
         class_width=args.class_width,
+        box_branch=args.box_branch,
         keypoint_trick=args.keypoint_trick,
     )
     result.head.metadata["label"] = args.label or Path(args.out).stem
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         default="head",
         type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
         help="'head' (Detect only, default), 'neck' (own copy of the neck too), 'p3' (own copy of the layers feeding "
-        "the P3 input only) or the first layer the head owns",
+        "the P3 input only), 'p3-last' (only that path's last stage) or the first layer the head owns",
     )
     train.add_argument(
         "--class-branch",
@@ -86,6 +87,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a narrow class branch this many channels wide, started from the base's strongest channels (e.g. 32), "
         "or 'narrow' (picked from the dataset's classes: 32 for up to 32)",
+    )
+    train.add_argument(
+        "--box-branch",
+        default="own",
+        choices=("own", "shared"),
+        help="'own' (default) or 'shared': where the head reads the base's maps its box branch stays the base's, run "
+        "once in a merged model",
     )
     train.add_argument(
         "--keypoint-trick", action="store_true", help="train as a one-keypoint pose head (small objects)"

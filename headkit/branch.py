@@ -100,6 +100,10 @@ class BranchDetect(Detect):
         return self.branch.detect.cv3
 
     @property
+    def kpt_shape(self):  # the keypoint trick's Pose head: Ultralytics' pose loss reads it from the Detect slot
+        return self.branch.detect.kpt_shape
+
+    @property
     def end2end(self) -> bool:
         return self.branch.detect.end2end
 

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from ultralytics.nn.modules.head import Detect
 
 from .branch import Branch
+from .sharedbox import share_box_branches
 
 MAX_DET = 1000
 """Per-image cap on each head's detections when predicting (a merged model applies it to every head on its own,
@@ -40,12 +41,21 @@ class ConcatHead(Detect):
 
     cv2 = None  # no one-to-many branch of its own (read by Ultralytics' fuse checks)
 
-    def __init__(self, heads: Sequence[Detect | Branch], *, features: int = 3, shared: Sequence[int] = ()):
+    def __init__(
+        self,
+        heads: Sequence[Detect | Branch],
+        *,
+        features: int = 3,
+        shared: Sequence[int] = (),
+        base_inputs: Sequence[int] = (),
+    ):
         """
         Args:
             heads: Detect heads (read the base head's feature maps) and Branch heads (read shared layers' outputs).
             features: how many of the inputs are the base head's feature maps; the rest are the outputs of the
                 `shared` layers, in that order, for the branches.
+            base_inputs: the base layers those feature maps come from; given, heads whose box branch at a level is
+                the same as another's on the same map run it once (`headkit.sharedbox`).
         """
         nn.Module.__init__(self)  # Detect.__init__ would build branches this head does not have
         self.heads = nn.ModuleList(heads)
@@ -56,6 +66,7 @@ class ConcatHead(Detect):
         self.nl = _detect(heads[0]).nl
         self.no = self.nc + self.reg_max * 4
         self.stride = _detect(heads[0]).stride.clone()
+        self.shared_boxes = share_box_branches(self.heads, base_inputs) if base_inputs else []
 
     @property
     def end2end(self) -> bool:
@@ -89,10 +100,14 @@ class ConcatHead(Detect):
     def forward(self, x: list[torch.Tensor]):
         """Training mode: each head's raw dict. Export mode: the joined tensor. Otherwise (joined, raw dicts)."""
         features, shared = list(x[: self.features]), dict(zip(self.shared, x[self.features :], strict=True))
-        outputs = [
-            head([shared[i] for i in head.inputs]) if isinstance(head, Branch) else head(list(features))
-            for head in self.heads
-        ]
+        try:
+            outputs = [
+                head([shared[i] for i in head.inputs]) if isinstance(head, Branch) else head(list(features))
+                for head in self.heads
+            ]
+        finally:
+            for box in getattr(self, "shared_boxes", ()):  # a model pickled before sharing existed has none
+                box.forget()
         if self.training:
             return {"heads": outputs}
         export = isinstance(outputs[0], torch.Tensor)

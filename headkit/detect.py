@@ -404,16 +404,12 @@ def narrow_detect(detect: Detect, width: int) -> Detect:
             f"wide (its own is {layout.class_width}, Ultralytics' narrowest {layout.channels[0]}); pick a width in "
             "that range, or leave class_width unset for the base's width"
         )
-    new = replace(layout, class_width=width).build()
-    new.stride = detect.stride.clone()
-    new.load_state_dict(
-        {k: v for k, v in detect.state_dict().items() if not k.startswith(CLASS_BRANCHES)}, strict=False
-    )
+    built = replace(layout, class_width=width).build()
     with torch.no_grad():
         for name in ("cv3", "one2one_cv3"):
-            for source, target in zip(getattr(detect, name, None) or (), getattr(new, name, None) or (), strict=True):
+            for source, target in zip(getattr(detect, name, None) or (), getattr(built, name, None) or (), strict=True):
                 _copy_strongest(source, target, layout.class_width)
-    return _stand_in(new, detect)
+    return _stand_in(_with_class_branch(detect, built), detect)
 
 
 def _copy_strongest(source: nn.Sequential, target: nn.Sequential, wide: int) -> None:
@@ -472,14 +468,34 @@ def class_branch_like(detect: Detect, source: Detect) -> Detect:
     """A Detect of `detect`'s classes with `source`'s class-branch layout (style and width), ready to train in
     `detect`'s place: the box branch and DFL are `detect`'s, the class branch `source`'s (its class output too where
     the class count is the same; else fresh, with Ultralytics' class-bias prior)."""
-    new = replace(DetectLayout.from_detect(source), nc=detect.nc).build()
-    new.stride = detect.stride.clone()
-    new.bias_init()
+    built = replace(DetectLayout.from_detect(source), nc=detect.nc).build()
+    built.stride = detect.stride.clone()
+    built.bias_init()
+    ours = built.state_dict()
+    warm = {k: v for k, v in source.state_dict().items() if k.startswith(CLASS_BRANCHES)}
+    built.load_state_dict({k: v for k, v in warm.items() if k in ours and v.shape == ours[k].shape}, strict=False)
+    return _stand_in(_with_class_branch(detect, built), detect)
+
+
+def _with_class_branch(detect: Detect, built: Detect) -> Detect:
+    """A copy of `detect` (a Pose head stays one, its keypoint branch kept) whose class branches are `built`'s."""
+    new = copy.deepcopy(detect)
+    for name in ("cv3", "one2one_cv3"):
+        if getattr(built, name, None) is not None:
+            setattr(new, name, getattr(built, name))
+    return new
+
+
+def plain_detect(head: Detect) -> Detect:
+    """A plain Detect of `head`'s layout holding its tensors: a Pose head's box, class and DFL branches, its keypoint
+    branch dropped (the keypoint trick keeps only these)."""
+    new = DetectLayout.from_detect(head).build()
+    new.stride = head.stride.clone()
     ours = new.state_dict()
-    kept = {k: v for k, v in detect.state_dict().items() if not k.startswith(CLASS_BRANCHES)}
-    kept |= {k: v for k, v in source.state_dict().items() if k.startswith(CLASS_BRANCHES)}
-    new.load_state_dict({k: v for k, v in kept.items() if k in ours and v.shape == ours[k].shape}, strict=False)
-    return _stand_in(new, detect)
+    new.load_state_dict({k: v for k, v in head.state_dict().items() if k in ours}, strict=True)
+    new = _stand_in(new, head)
+    new.type = f"{Detect.__module__}.Detect"
+    return new
 
 
 def _stand_in(new: Detect, detect: Detect) -> Detect:

@@ -11,9 +11,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,7 +229,9 @@ def _place(source: Path, target: Path, *, link: bool) -> None:
     shutil.copy2(source, target)
 
 
-def pose_to_detect(model: YOLO, *, path: str | Path | None = None) -> YOLO:
+def pose_to_detect(
+    model: YOLO, *, path: str | Path | None = None, detect_slot: Callable[[Any], Any] | None = None
+) -> YOLO:
     """The detect model inside a trained pose model: same trunk, boxes and classes, no keypoint branch.
 
     The detect network is built from the pose model's own architecture with its head row switched to Detect, through
@@ -236,19 +240,25 @@ def pose_to_detect(model: YOLO, *, path: str | Path | None = None) -> YOLO:
     Args:
         model: a YOLO pose model (task 'pose', Pose head).
         path: where to keep the detect checkpoint; by default it lives only in memory.
+        detect_slot: turns the pose model's last layer into the detect model's (`headkit.shaping.detect_slot`, for
+            shaped heads); by default it is rebuilt from the architecture.
 
     Returns:
         A YOLO detect model whose box and class outputs equal the pose model's.
     """
     pose_net = model.model
     head = pose_net.model[-1] if isinstance(pose_net, torch.nn.Module) and hasattr(pose_net, "model") else None
-    if not isinstance(head, Pose):
+    pose = getattr(head, "detect", head)  # a Pose, or a slot holding one (a path branch around it)
+    if not isinstance(pose, Pose):
         raise ValueError(
             f"expected a pose model (task 'pose' with a Pose head), got task {model.task!r} with head "
-            f"{type(head).__name__}; train a pose model on convert_to_keypoints() output first"
+            f"{type(pose).__name__}; train a pose model on convert_to_keypoints() output first"
         )
     cfg = _detect_cfg(pose_net.yaml)
     detect_net = DetectionModel(cfg, ch=cfg.get("channels", 3), verbose=False)
+    if detect_slot is not None:  # the trained slot's own shape (a narrow class branch, a path branch) is kept
+        detect_net.model[-1] = detect_slot(head)
+        detect_net.save = sorted(set(detect_net.save) | set(pose_net.save))
     if pose_net.is_fused():
         detect_net.fuse(verbose=False)
     pose_state, detect_state = pose_net.state_dict(), detect_net.state_dict()

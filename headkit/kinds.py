@@ -4,7 +4,8 @@ The one place `headfile`, `merge` and `train` read a head's kind from. A head-on
 reads the base's own neck outputs; a branch head owns a trained copy of every layer from its branch start on (the
 neck, for `branch="neck"`) and reads only the shared layers before that. A path head (`branch="p3"`) owns only the
 layers that feed the Detect's first input after the backbone (YOLOv8: the top-down path 10-15) and reads the base's
-own maps for the other inputs, so it costs a few neck layers where the neck branch costs them all.
+own maps for the other inputs, so it costs a few neck layers where the neck branch costs them all; `branch="p3-last"`
+owns only that path's last stage (YOLOv8: 13-15), cheaper still.
 """
 
 from __future__ import annotations
@@ -19,21 +20,40 @@ from .trunk import base_facts
 PLAIN = "plain"
 KEYPOINT_TRICK = "keypoint-trick"
 LEGACY_PTH = "imported-legacy-pth"
-BRANCH_CHOICES = ("head", "neck", "p3")
-PATH_CHOICES = {"p3": 0}  # a path branch: the Detect input (level) whose feeding layers the head owns
+BRANCH_CHOICES = ("head", "neck", "p3", "p3-last")
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """A path branch: the Detect input (level) whose feeding layers the head owns; `last_stage`: only the layers
+    after the path's last map that the base reads elsewhere too (`path_range`)."""
+
+    level: int
+    last_stage: bool = False
+
+
+PATH_CHOICES = {"p3": PathChoice(0), "p3-last": PathChoice(0, last_stage=True)}
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A named head shape the app and the run layer offer: what `train_head` gets as `branch` and `class_width`."""
+    """A named head shape the app and the run layer offer: what `train_head` gets as `branch`, `class_width` and
+    `box_branch`."""
 
     branch: str
     class_width: int | str | None = None
+    box_branch: str = "own"
 
 
-# Measured on the plates (README, "Head shapes"): "p3-narrow" is the cheap exact point (fine-tune accuracy at 1.25x
-# the base's GFLOPs); "head" the smallest file; "neck" the most accurate.
-SHAPES = {"head": Shape("head"), "p3-narrow": Shape("p3", NARROW), "neck": Shape("neck")}
+# Measured on the plates (README, "Head shapes"): "p3-last-narrow" is the cheap exact point (fine-tune accuracy at
+# 1.18x the base's GFLOPs); "p3-narrow" a little more accurate and costlier; "head" the smallest file; "neck" the most
+# accurate.
+SHAPES = {
+    "head": Shape("head"),
+    "p3-last-narrow": Shape("p3-last", NARROW),
+    "p3-narrow": Shape("p3", NARROW),
+    "neck": Shape("neck"),
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +127,8 @@ def resolve_branch(base, branch: str | int) -> int | None:
         if choice in PATH_CHOICES:
             return path_range(base, PATH_CHOICES[choice])[0]
         raise ValueError(
-            f"branch={branch!r}: expected 'head', 'neck' or a layer index (1..{head - 1}), or 'p3' (only the layers "
-            "feeding the Detect's P3 input)"
+            f"branch={branch!r}: expected 'head', 'neck' or a layer index (1..{head - 1}), 'p3' (only the layers "
+            "feeding the Detect's P3 input) or 'p3-last' (only that path's last stage)"
         )
     start = int(branch)
     if start == head:
@@ -123,7 +143,8 @@ def resolve_branch(base, branch: str | int) -> int | None:
 
 
 def branch_end(base, branch: str | int) -> int | None:
-    """One past the last layer a new head owns: the end of a path branch ("p3"), else None (up to the Detect)."""
+    """One past the last layer a new head owns: the end of a path branch ("p3", "p3-last"), else None (up to the
+    Detect)."""
     choice = branch.strip().lower() if isinstance(branch, str) else None
     return path_range(base, PATH_CHOICES[choice])[1] if choice in PATH_CHOICES else None
 
@@ -132,19 +153,24 @@ def _sources(layer, count: int) -> list[int]:
     return [layer.i - 1 if s == -1 else s % count for s in ([layer.f] if isinstance(layer.f, int) else layer.f)]
 
 
-def path_range(base, level: int) -> tuple[int, int]:
-    """The layers after the backbone that feed the Detect's input `level` (0: the finest, P3), as start, end.
+def path_range(base, choice: PathChoice) -> tuple[int, int]:
+    """The layers after the backbone that feed the Detect's input `choice.level` (0: the finest, P3), as start, end.
 
     Worked out from the base's rows (each layer's `f`), never assumed: YOLOv8's P3 path is 10..15 (10, 16), YOLO11's
-    11..16. They must be one run of layers after the backbone that none of the other Detect inputs is among.
+    11..16. They must be one run of layers after the backbone that none of the other Detect inputs is among. Its last
+    stage (`choice.last_stage`) starts after the path's last layer that a layer outside the path also reads (YOLOv8:
+    C2f 12, which the bottom-up path reads again), so the branch's input there is a map the base computes anyway:
+    YOLOv8 13..15, YOLO11 14..16.
 
     Raises:
         ValueError: the base records no backbone, its input `level` comes straight from the backbone, the path is not
-            one run of layers, or it holds another Detect input (owning it would be the neck branch).
+            one run of layers, it holds another Detect input (owning it would be the neck branch), or (last stage)
+            no layer of the path is read from outside it (the last stage would be the whole path: use the path).
     """
     facts = base_facts(base)
     backbone = (getattr(facts.inner, "yaml", None) or {}).get("backbone")
-    name = f"branch='p{level + 3}'"
+    level = choice.level
+    name = f"branch='p{level + 3}{'-last' if choice.last_stage else ''}'"
     if not backbone:
         raise ValueError(f"{name}: the base records no architecture (`backbone:` rows); use branch='neck' or a layer")
     first, count, target = len(backbone), len(facts.layers), facts.detect_from[level]
@@ -166,7 +192,21 @@ def path_range(base, level: int) -> tuple[int, int]:
             f"{name}: on this base the Detect's input {level} (layer {target}) {why}; a path branch does not apply "
             "here — use branch='neck' or branch='head'"
         )
-    return min(owned), target + 1
+    start, end = min(owned), target + 1
+    if not choice.last_stage:
+        return start, end
+    read_outside = [
+        index
+        for layer in [*facts.layers[:start], *facts.layers[end:]]
+        for index in _sources(layer, count)
+        if start <= index < target
+    ]
+    if not read_outside:
+        raise ValueError(
+            f"{name}: on this base no layer of the path {start}..{target} to the Detect's input {level} is read from "
+            f"outside it, so its last stage is the whole path — use branch='p{level + 3}'"
+        )
+    return max(read_outside) + 1, end
 
 
 def branch_inputs(base, start: int, end: int | None = None) -> list[int]:

@@ -195,7 +195,7 @@ def merge(base: YOLO, *heads: Head, keep_base_head: bool = True, limits: Limits 
         new = detects[0]
         new.f, new.type = old.f, "Detect"
     else:
-        new = ConcatHead(detects, features=len(old.f), shared=shared)
+        new = ConcatHead(detects, features=len(old.f), shared=shared, base_inputs=old.f)
         new.f, new.type = [*old.f, *shared], f"{ConcatHead.__module__}.ConcatHead"
         inner.save = sorted(set(inner.save) | set(shared))  # keep the shared layers' outputs for the branches
     new.i = old.i

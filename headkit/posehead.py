@@ -2,10 +2,12 @@
 
 A Pose head is a Detect head (box, class and DFL branches) plus a keypoint branch `cv4`; each branch reads the
 trunk's feature maps on its own. Trained on box centres as keypoints with the box and DFL loss gains cut to 0.01, a
-trainable trunk would learn from the centre-distance loss. Here the trunk is frozen, so the keypoint loss only
-trains `cv4`, which is dropped: what reaches the kept head are the lowered box/DFL gains, the trainer's global
-gradient-norm clipping (which counts `cv4`) and best-epoch selection on box + keypoint mAP. The result is a plain
-Detect head: same tensors as any other head, no inference cost.
+trainable trunk would learn from the centre-distance loss. Here the trunk is frozen: for a head-only head the
+keypoint loss only trains `cv4`, which is dropped, so what reaches the kept head are the lowered box/DFL gains, the
+trainer's global gradient-norm clipping (which counts `cv4`) and best-epoch selection on box + keypoint mAP; a branch
+head's own layers (the neck, a P3 path) do learn from it. Any shape trains this way (`headkit.shaping`: a narrow class
+branch, a path branch around the Pose head). The result is a plain Detect head: same tensors as any other head of
+its shape, no inference cost.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .keypoints import KPT_SHAPE, convert_to_keypoints, pose_to_detect
 from .kinds import KEYPOINT_TRICK
 from .labels import load_yaml
 from .progress import TrainProgress, train_reporting
+from .shaping import detect_slot, shape_slot
 from .trunk import base_facts, compare_trunks
 
 LOGGER = logging.getLogger(__name__)
@@ -51,7 +54,16 @@ def _pose_cfg(detect_cfg: dict, nc: int) -> dict:
     return cfg
 
 
-def pose_variant(base, *, names: dict[int, str] | None = None, seed: int = 0, path: str | Path | None = None) -> YOLO:
+def pose_variant(
+    base,
+    *,
+    names: dict[int, str] | None = None,
+    seed: int = 0,
+    path: str | Path | None = None,
+    class_width: int | None = None,
+    branch: tuple[int, int] | None = None,
+    shared_box: bool = False,
+) -> YOLO:
     """A pose model of the base's family, starting from the base's weights.
 
     Built from the base's own architecture dict (Detect row -> `Pose [nc, [1, 3]]`) by Ultralytics' parser. Every
@@ -63,6 +75,8 @@ def pose_variant(base, *, names: dict[int, str] | None = None, seed: int = 0, pa
         names: the new head's classes (default: the base's).
         seed: seeds that fresh initialisation (the global random state is left as it was).
         path: where to keep the pose checkpoint; by default it lives only in memory.
+        class_width, branch, shared_box: the head's shape (`headkit.shaping.shape_slot`): a narrow class branch, a
+            path branch of base layers (start, end) around the Pose head, the base's box branch kept.
 
     Raises:
         ValueError: the base is not a plain detect model, or its trunk cannot be rebuilt under a Pose head.
@@ -82,6 +96,7 @@ def pose_variant(base, *, names: dict[int, str] | None = None, seed: int = 0, pa
     check = compare_trunks(net, base)
     if not check.untouched:  # a family whose trunk rows the parser builds differently for a Pose head
         raise ValueError(f"the pose variant's trunk differs from the base's in {list(check.changed)[:5]}")
+    shape_slot(net, base, class_width, branch, shared_box=shared_box)
 
     ckpt = {
         "model": net.eval(),
@@ -121,6 +136,9 @@ def train_pose_head(
     settings: dict[str, Any],
     progress: Callable[[TrainProgress], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    class_width: int | None = None,
+    path: tuple[int, int] | None = None,
+    shared_box: bool = False,
 ) -> tuple[YOLO, Any]:
     """Train the one-keypoint pose variant of the base on its frozen trunk with Ultralytics' pose trainer.
 
@@ -131,6 +149,7 @@ def train_pose_head(
         data_yaml: the detection dataset's data.yaml.
         settings: Ultralytics trainer arguments as `train_head` builds them (data, epochs, freeze, project, name, ...).
         progress, stop: as for `train_head`.
+        class_width, path, shared_box: the head's shape (`pose_variant`); `settings` then names `ShapedPoseTrainer`.
 
     Returns:
         The trained pose model (best.pt) and its trainer.
@@ -141,7 +160,9 @@ def train_pose_head(
     names = dict(enumerate(names)) if isinstance(names, list) else names
     # a single-process Ultralytics trainer seeds with `seed` just before it builds a plain head's new layers;
     # seeding the variant alike starts the class layer of both kinds of head from the same values
-    model = pose_variant(base, names=names, seed=int(settings.get("seed", 0)), path=work / "pose.pt")
+    seed = int(settings.get("seed", 0))
+    shape = {"class_width": class_width, "branch": path, "shared_box": shared_box}
+    model = pose_variant(base, names=names, seed=seed, path=work / "pose.pt", **shape)
     train_reporting(model, {**LOSS_GAINS, **settings, "data": str(kpt_yaml)}, progress, stop)
     return model, model.trainer
 
@@ -154,4 +175,5 @@ def detect_head_from_pose(trained_pose: YOLO, base, **metadata: Any) -> Head:
     Args:
         **metadata: passed to `extract_head` (imgsz, metrics, extra).
     """
-    return extract_head(pose_to_detect(trained_pose), base, trained_with=KEYPOINT_TRICK, **metadata)
+    detect = pose_to_detect(trained_pose, detect_slot=detect_slot)  # its shape kept: narrow, path branch
+    return extract_head(detect, base, trained_with=KEYPOINT_TRICK, **metadata)

@@ -50,6 +50,7 @@ class TrainingRequest:
         name: the head's name in the job (a taken name gets a suffix).
         branch: what the head owns, a `headkit.BRANCH_CHOICES` value or a start layer.
         class_width: the new class branch's hidden width: None (the base's), channels, or "narrow" (`train_head`).
+        box_branch: "own", or "shared": the base's where the head reads the base's maps (`train_head`).
         keypoint_trick: train on box centres as keypoints first (see `headkit.posehead`).
         finetune: afterwards, fine-tune the whole model the usual way, for comparison.
         options: further Ultralytics train arguments (e.g. `workers=0` on CPU), as (name, value) pairs.
@@ -65,6 +66,7 @@ class TrainingRequest:
     batch: int
     branch: str | int = "head"
     class_width: int | str | None = None
+    box_branch: str = "own"
     keypoint_trick: bool = False
     finetune: bool = False
     options: tuple[tuple[str, Any], ...] = ()
@@ -183,7 +185,8 @@ def perform(request: TrainingRequest, base, stop: Callable[[], bool], report: Ca
     settings = dict(request.options, epochs=request.epochs, imgsz=request.imgsz, batch=request.batch)
     result = train_head(
         base, request.data, project=job.file("runs"), progress=reported, stop=poll,
-        keypoint_trick=request.keypoint_trick, branch=request.branch, class_width=request.class_width, **settings,
+        keypoint_trick=request.keypoint_trick, branch=request.branch, class_width=request.class_width,
+        box_branch=request.box_branch, **settings,
     )  # fmt: skip
     path = job.save_head(result.head, request.name)
     record = SavedHead.of(result, path, finetune_next=request.finetune)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -16,20 +15,21 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules.head import Detect
 
 from .base import clone_model, ensure_detect_base
-from .branch import Branch, BranchDetect, copy_layers
-from .detect import NARROW, DetectLayout, class_branch_like, light_detect, narrow_detect, narrow_width
+from .detect import NARROW, light_detect, narrow_width
 from .headfile import Head, extract_head
-from .kinds import PLAIN, branch_end, branch_inputs, resolve_branch
+from .kinds import PLAIN, branch_end, resolve_branch
 from .labels import load_yaml, names_file_bytes, read_names
 from .merging import merge
 from .posehead import detect_head_from_pose, train_pose_head
 from .progress import TrainingCancelled, TrainProgress, train_reporting  # noqa: F401 (callers catch it from here)
 from .runfiles import RunFiles
 from .settings import current_limits
+from .shaping import ShapedHeadTrainer, ShapedPoseTrainer, shape_slot
 from .trunk import base_facts, detection_model
 
 LOGGER = logging.getLogger(__name__)
 CLASS_BRANCHES = ("base", "light")
+BOX_BRANCHES = ("own", "shared")
 
 
 @dataclass
@@ -95,6 +95,7 @@ def train_head(
     branch: str | int = "head",
     class_branch: str = "base",
     class_width: int | str | None = None,
+    box_branch: str = "own",
     **overrides: Any,
 ) -> TrainResult:
     """Train a new head for the dataset's classes on the base's frozen layers with Ultralytics' own trainer.
@@ -114,40 +115,47 @@ def train_head(
         stop: polled every 0.1 s while training; returning True cancels after the current batch
             (TrainingCancelled) and nothing is saved.
         keypoint_trick: train a one-keypoint Pose head on box centres (box/dfl gains 0.01) and keep its Detect part
-            (`headkit.posehead`); the head is marked `trained_with: keypoint-trick`.
+            (`headkit.posehead`), of any shape but the light class branch; the head is marked `trained_with:
+            keypoint-trick`.
         init_head: start from this head's weights instead of the base head's (e.g. to go on training a head at a
             larger image size); it must fit the base, and its branch decides the branch.
-        branch: "head", "neck", "p3" or a layer index (see `headkit.kinds.resolve_branch`). "p3" owns only the layers
-            feeding the Detect's first input after the backbone (`headkit.kinds.path_range`; YOLOv8: 10-15), its other
-            inputs the base's own maps; it trains beside the frozen base in the Detect slot (`BranchDetect`).
+        branch: "head", "neck", "p3", "p3-last" or a layer index (see `headkit.kinds.resolve_branch`). "p3" owns only
+            the layers feeding the Detect's first input after the backbone (`headkit.kinds.path_range`; YOLOv8:
+            10-15), its other inputs the base's own maps; it trains beside the frozen base in the Detect slot
+            (`BranchDetect`). "p3-last" owns only that path's last stage (YOLOv8: 13-15).
         class_branch: "base" builds the new Detect like the base's; "light" gives it the depthwise class branch of
             YOLO11/YOLO26 (`DetectLayout.depthwise`: fewer parameters and FLOPs) on any base. With `init_head`, that head's
             layout decides.
+        box_branch: "own" (default): the head's own box branch, started from the base's; "shared": where the head's
+            Detect reads the base's own maps (every level of a head-only head, P4/P5 of a "p3"/"p3-last" head) its
+            box branch stays the base's (frozen), so a merged model runs it once for both (`headkit.sharedbox`).
         class_width: a narrow class branch of this hidden width (`headkit.detect.narrow_widths`, below the base's),
             started from the base's own class branch: its strongest channels (`headkit.detect.narrow_detect`). Fewer
             FLOPs for a head of few classes; the box branch is the base's, as for "base". "narrow" picks the width
             from the dataset's classes (`headkit.detect.narrow_width`: 32 for up to 32 classes, growing with them as
-            Ultralytics' does; the base's width where that is not narrower). Not with class_branch="light", the
-            keypoint trick or `init_head` (whose layout decides).
+            Ultralytics' does; the base's width where that is not narrower). Not with class_branch="light" or
+            `init_head` (whose layout decides).
         **overrides: passed to Ultralytics' trainer (lr0, patience, mosaic, ...).
     """
     ensure_detect_base(base)
     start = init_head.kind.branch_start if init_head is not None else resolve_branch(base, branch)
     end = None if init_head is not None else branch_end(base, branch)
     light = _light_class_branch(base, class_branch, init_head)
-    _check_path(end, init_head, light=light, keypoint_trick=keypoint_trick)
+    _check_path(end, init_head, light=light)
     if light and keypoint_trick:
         raise ValueError(
             "class_branch='light' on this base is not available with keypoint_trick=True (the pose variant is built "
             "from the base's own architecture); train with class_branch='base', or without the keypoint trick"
         )
-    _check_class_width(class_width, light=light, keypoint_trick=keypoint_trick, init_head=init_head)
+    _check_class_width(class_width, light=light, init_head=init_head)
+    shared_box = _shared_box(box_branch, start=start, end=end, light=light, init_head=init_head)
     narrow = class_width == NARROW
     if narrow:  # the width follows the classes: the dataset is read first
         yaml_path = _data_yaml(data, base)
         class_width = narrow_width(len(_class_names(yaml_path)), base_facts(base).layout.channels)
     path = None if end is None else (start, end)
-    model = None if keypoint_trick else _start_model(base, init_head, class_width, path)  # refuses a bad width first
+    # refuses a bad width before the dataset is unpacked (the keypoint trick's pose variant narrows alike)
+    model = _start_model(base, init_head, class_width, path, shared_box=shared_box)
     if not narrow:
         yaml_path = _data_yaml(data, base)
     settings = _settings(
@@ -155,14 +163,15 @@ def train_head(
     )
     if light:
         settings["trainer"] = LightHeadTrainer
-    if class_width is not None or end is not None:
-        settings["trainer"] = ShapedHeadTrainer
+    if class_width is not None or end is not None or shared_box:
+        settings["trainer"] = ShapedPoseTrainer if keypoint_trick else ShapedHeadTrainer
     if end is not None:
         settings["freeze"] = base_facts(base).head_index  # the base's own layers all stay; the branch trains beside
     settings.update(overrides)
     started = time.perf_counter()
     if keypoint_trick:
-        model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop)
+        shape = {"class_width": class_width, "path": path, "shared_box": shared_box}
+        model, trainer = train_pose_head(base, yaml_path, settings=settings, progress=progress, stop=stop, **shape)
         run_dir = Path(trainer.save_dir)
     else:
         run_dir = train_reporting(model, settings, progress, stop)
@@ -171,7 +180,7 @@ def train_head(
     metrics = RunFiles(run_dir).metrics()
     # Ultralytics' Model.train has loaded the run's best.pt (else last.pt) into `model`, in DDP as in one process
     if keypoint_trick:
-        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics, branch_start=start)
+        head = detect_head_from_pose(model, base, imgsz=imgsz, metrics=metrics, branch_start=start, branch_end=end)
     else:
         head = extract_head(
             model, base, imgsz=imgsz, metrics=metrics, trained_with=PLAIN, branch_start=start, branch_end=end
@@ -202,13 +211,11 @@ def _light_class_branch(base, class_branch: str, init_head: Head | None) -> bool
     return init_light
 
 
-def _check_class_width(
-    class_width: int | str | None, *, light: bool, keypoint_trick: bool, init_head: Head | None
-) -> None:
+def _check_class_width(class_width: int | str | None, *, light: bool, init_head: Head | None) -> None:
     """Refuse `class_width` where a run cannot narrow the class branch (its range is checked by `narrow_detect`).
 
     Raises:
-        ValueError: not an int or "narrow", or with class_branch='light', the keypoint trick or an init head.
+        ValueError: not an int or "narrow", or with class_branch='light' or an init head.
     """
     if class_width is None:
         return
@@ -216,7 +223,6 @@ def _check_class_width(
         raise ValueError(f"class_width={class_width!r}: expected a number of channels (an int), 'narrow' or None")
     clash = (
         "class_branch='light' (a fresh depthwise branch)" if light
-        else "keypoint_trick=True (the pose variant is built from the base's own architecture)" if keypoint_trick
         else f"init_head ({init_head.where}'s own layout decides)" if init_head is not None
         else None
     )  # fmt: skip
@@ -224,53 +230,46 @@ def _check_class_width(
         raise ValueError(f"class_width={class_width} is not available with {clash}; leave class_width unset")
 
 
-def _check_path(end: int | None, init_head: Head | None, *, light: bool, keypoint_trick: bool) -> None:
-    """Refuse a path branch ("p3") with what cannot carry it yet, and an init head that is one.
+def _shared_box(box_branch: str, *, start: int | None, end: int | None, light: bool, init_head: Head | None) -> bool:
+    """Whether the run keeps the box branch the base's where the head reads the base's maps (`box_branch="shared"`).
 
     Raises:
-        ValueError: the light class branch or keypoint trick with "p3", or a path-branch init head.
+        ValueError: an unknown choice, or "shared" where nothing could be shared (a branch that owns every map its
+            Detect reads) or with the light class branch or an init head (whose own box branch decides).
+    """
+    choice = box_branch.strip().lower() if isinstance(box_branch, str) else box_branch
+    if choice not in BOX_BRANCHES:
+        raise ValueError(f"box_branch={box_branch!r}: expected one of {', '.join(map(repr, BOX_BRANCHES))}")
+    if choice == "own":
+        return False
+    clash = (
+        "a branch that owns every map its Detect reads (use branch='head', 'p3' or 'p3-last')"
+        if start is not None and end is None
+        else "class_branch='light'" if light
+        else f"init_head ({init_head.where}'s own box branch decides)" if init_head is not None
+        else None
+    )  # fmt: skip
+    if clash:
+        raise ValueError(f"box_branch='shared' is not available with {clash}; leave box_branch at 'own'")
+    return True
+
+
+def _check_path(end: int | None, init_head: Head | None, *, light: bool) -> None:
+    """Refuse a path branch ("p3", "p3-last") with what cannot carry it yet, and an init head that is one.
+
+    Raises:
+        ValueError: the light class branch with a path branch, or a path-branch init head.
     """
     if init_head is not None and init_head.kind.branch_end is not None:
         raise ValueError(
             f"{init_head.where} is a path branch ({init_head.kind.describe()}); going on training one is not "
-            "supported yet — train a new one with branch='p3'"
+            "supported yet — train a new one with branch='p3' or 'p3-last'"
         )
-    clash = "class_branch='light'" if light else "keypoint_trick=True" if keypoint_trick else None
-    if end is not None and clash:
-        raise ValueError(f"branch='p3' is not available with {clash}; use class_width= for a lighter class branch")
-
-
-class ShapedHeadTrainer(DetectionTrainer):
-    """Ultralytics' detect trainer, whose model's Detect takes the class-branch layout of the model it starts from.
-
-    The trainer builds its model from the base's architecture (Ultralytics' class width) and loads the tensors whose
-    shapes match; a narrow start (`narrow_detect`) matches none of the class branch's, so `get_model` puts a Detect
-    of the start's layout and the run's classes in its place (`class_branch_like`), warm from the start's tensors.
-    A path branch's start has a `BranchDetect` in the Detect slot: the run's gets copies of its layers and a Detect
-    of the run's classes warm from its Detect. The shape travels with the start model, so a multi-GPU run's workers
-    build the same. Module-level: Ultralytics' DDP launch pickles it by name.
-    """
-
-    def get_model(self, cfg=None, weights=None, verbose: bool = True):
-        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        source = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
-        layer = getattr(source, "model", [None])[-1] if isinstance(source, torch.nn.Module) else None
-        path = layer if isinstance(layer, BranchDetect) else None
-        layer = path.detect if path is not None else layer
-        detect = model.model[-1]
-        if path is not None:  # the slot's tensors had other names: none were loaded from the start
-            ours = detect.state_dict()
-            warm = {k: v for k, v in layer.state_dict().items() if k in ours and v.shape == ours[k].shape}
-            detect.load_state_dict(warm, strict=False)
-        if isinstance(layer, Detect) and (
-            DetectLayout.from_detect(layer).class_width != DetectLayout.from_detect(detect).class_width
-        ):
-            detect = class_branch_like(detect, layer)
-        if path is not None:
-            detect = _path_detect([copy.deepcopy(m) for m in path.branch.layers], detect, path.branch, detect.i)
-            model.save = sorted(set(model.save) | set(detect.f))
-        model.model[-1] = detect
-        return model
+    if end is not None and light:
+        raise ValueError(
+            "a path branch ('p3', 'p3-last') is not available with class_branch='light'; use class_width= for a "
+            "lighter class branch"
+        )
 
 
 class LightHeadTrainer(DetectionTrainer):
@@ -311,27 +310,18 @@ def _settings(
     }
 
 
-def _path_detect(layers: list, detect: Detect, like, index: int) -> BranchDetect:
-    """A `BranchDetect` of `layers` and `detect`, reading what `like` (a Branch) reads, for model slot `index`."""
-    slot = BranchDetect(Branch(layers, detect, like.inputs, like.detect_from))
-    slot.i = index
-    slot.np = sum(p.numel() for p in slot.parameters())
-    return slot.train(detect.training)
-
-
-def _start_model(base, init_head: Head | None, class_width: int | None = None, path: tuple[int, int] | None = None):
+def _start_model(
+    base,
+    init_head: Head | None,
+    class_width: int | None = None,
+    path: tuple[int, int] | None = None,
+    *,
+    shared_box: bool = False,
+):
     """The model training starts from: a copy of the base (its class branch narrowed to `class_width`, warm; with a
     path branch of layers `path` (start, end), its Detect slot a `BranchDetect` of copies of those base layers), or
     the base with `init_head` in place of its head."""
     model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
-    inner = detection_model(model)
-    if class_width is not None:
-        inner.model[-1] = narrow_detect(inner.model[-1], class_width)
-    if path is not None:
-        facts, (start, end) = base_facts(base), path
-        layers = copy_layers(base, start, end=end)
-        like = Branch(layers, inner.model[-1], branch_inputs(base, start, end), facts.detect_from)
-        inner.model[-1] = _path_detect(layers, inner.model[-1], like, facts.head_index)
-        inner.save = sorted(set(inner.save) | set(like.inputs))
+    shape_slot(detection_model(model), base, class_width, path, shared_box=shared_box)
     model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
     return model

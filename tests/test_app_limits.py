@@ -165,12 +165,13 @@ def test_an_invalid_branch_is_refused_with_the_choices(client, base_name, plates
     one (a script sending null), both naming the choices, before the dataset is unpacked."""
     copy_tiny_plates(plates_dir, tmp_path / "plates")
     archive = handle_file(shutil.make_archive(str(tmp_path / "plates"), "zip", tmp_path, "plates"))
-    with pytest.raises(AppError, match=r"'bogus'.* is not in the list of choices: \['head', 'p3-narrow', 'neck'\]"):
+    choices = r"\['head', 'p3-last-narrow', 'p3-narrow', 'neck'\]"
+    with pytest.raises(AppError, match=rf"'bogus'.* is not in the list of choices: {choices}"):
         client.predict(base_name, archive, 1, 160, 4, False, "bogus", api_name="/train_head")
-    with pytest.raises(AppError, match=r"branch None: expected one of 'head' \(Head only\), 'p3-narrow' \(P3 path"):
+    with pytest.raises(
+        AppError, match=r"branch None: expected one of 'head' \(Head only\), 'p3-last-narrow' \(P3 last"
+    ):
         client.predict(base_name, archive, 1, 160, 4, False, None, api_name="/train_head")
-    with pytest.raises(AppError, match=r"The P3 path .* the keypoint trick"):
-        client.predict(base_name, archive, 1, 160, 4, True, "p3-narrow", api_name="/train_head")
 
 
 def test_huge_session_ids_are_refused_at_the_door_and_keep_nothing(app, base_name):

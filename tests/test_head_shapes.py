@@ -1,6 +1,7 @@
 """Head shapes that cost less than the neck branch, saved, loaded and merged with the base's rows bit-exact,
-refused where they do not fit: a narrow class branch started from the base's own (train_head class_width=N), and a
-path branch (branch="p3") owning only the layers that feed the Detect's P3 input, its P4/P5 inputs the base's own.
+refused where they do not fit: a narrow class branch started from the base's own (train_head class_width=N), a
+path branch (branch="p3") owning only the layers that feed the Detect's P3 input, its P4/P5 inputs the base's own, and
+that path's last stage (branch="p3-last"); each with the keypoint trick too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from headkit.__main__ import main
 from headkit.branch import Branch
 from headkit.detect import DetectLayout, HeadDoesNotFit, narrow_detect, narrow_width
 from headkit.headfile import Head
-from headkit.kinds import path_range
+from headkit.kinds import PathChoice, path_range
 from headkit.train import train_head
 from headkit.trunk import detection_model, fingerprint
 
@@ -44,6 +45,17 @@ def p3(base, data, tmp_path_factory):
 def p3_narrow(base, data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     return train_head(base, data, project=runs, name="p3n", branch="p3", class_width="narrow", **TINY).head
+
+
+@pytest.fixture(scope="module")
+def p3_last_trick(base, data, tmp_path_factory):
+    """The cheap exact point ("p3-last-narrow") trained with the keypoint trick: its pose loss reaches the branch."""
+    runs = tmp_path_factory.mktemp("runs")
+    shape = headkit.SHAPES["p3-last-narrow"]
+    return train_head(
+        base, data, project=runs, name="p3lk", branch=shape.branch, class_width=shape.class_width,
+        keypoint_trick=True, **TINY,
+    ).head  # fmt: skip
 
 
 def rows(model, image, imgsz=320) -> torch.Tensor:
@@ -109,8 +121,6 @@ def test_a_narrow_width_out_of_range_or_clashing_is_refused_before_training(base
         train_head(base, "unused.yaml", class_width=128)
     with pytest.raises(ValueError, match="not available with class_branch='light'"):
         train_head(base, "unused.yaml", class_width=32, class_branch="light")
-    with pytest.raises(ValueError, match="not available with keypoint_trick=True"):
-        train_head(base, "unused.yaml", class_width=32, keypoint_trick=True)
     with pytest.raises(ValueError, match="not available with init_head"):
         train_head(base, "unused.yaml", class_width=32, init_head=plate_head)
 
@@ -131,10 +141,15 @@ def test_cli_trains_a_narrow_head(base_weights, data, tmp_path, capsys):
     assert '"kind": "head only"' in capsys.readouterr().out
 
 
-def test_the_p3_path_is_read_from_the_base_rows(base):
-    assert path_range(base, 0) == (10, 16)  # YOLOv8: Upsample 10 .. C2f 15, which feeds Detect input 0
+def test_the_p3_path_and_its_last_stage_are_read_from_the_base_rows(base):
+    yolo11 = headkit.load_model("yolo11n.yaml")  # the rows are what counts: no weights needed
+    assert path_range(base, PathChoice(0)) == (10, 16)  # YOLOv8: Upsample 10 .. C2f 15, which feeds Detect input 0
+    # its last stage starts after C2f 12, which the bottom-up path reads again (layer 17): Upsample 13 .. C2f 15
+    assert path_range(base, PathChoice(0, last_stage=True)) == (13, 16)
+    assert path_range(yolo11, PathChoice(0)) == (11, 17)  # a longer backbone (YOLO26's rows read the same)
+    assert path_range(yolo11, PathChoice(0, last_stage=True)) == (14, 17)
     with pytest.raises(ValueError, match=r"input 1 \(layer 18\) takes in the Detect's other input\(s\) \[15\]"):
-        path_range(base, 1)  # P4's path runs through P3's output: owning it is the neck branch
+        path_range(base, PathChoice(1))  # P4's path runs through P3's output: owning it is the neck branch
 
 
 def test_a_p3_head_owns_the_p3_path_and_reads_the_base_p4_p5(base, p3):
@@ -151,16 +166,30 @@ def test_a_p3_head_owns_the_p3_path_and_reads_the_base_p4_p5(base, p3):
     assert isinstance(module, Branch) and (module.start, module.end) == (10, 16)
 
 
-def test_p3_heads_survive_save_load_and_merge_with_base_rows_exact(base, p3, p3_narrow, plate_head, tmp_path,
-                                                                     bus_jpg, plate_images):  # fmt: skip
-    heads = [headkit.load_head(h.save(tmp_path / f"{k}.safetensors")) for k, h in enumerate((p3, p3_narrow))]
+def test_a_p3_last_head_with_the_keypoint_trick_owns_the_last_stage_and_keeps_no_keypoint_branch(base, p3_last_trick):
+    head = p3_last_trick
+    branch = head.metadata["branch"]
+    assert (branch["start"], branch["end"], branch["inputs"]) == (13, 16, [4, 12, 18, 21])  # the base's own C2f 12
+    assert head.kind.describe() == "branch of layers 13-15, keypoint trick"
+    assert head.metadata["trained_with"] == "keypoint-trick" and head.metadata["class_width"] == WIDTH
+    assert head.metadata["trunk_check"]["untouched"] and not [k for k in head.tensors if "cv4" in k]
+    assert {k.split(".")[1] for k in head.tensors if k.startswith("branch.")} == {"15"}  # 13, 14 hold no tensors
+    own = detection_model(base).model[15].state_dict()["cv2.conv.weight"]
+    assert not torch.equal(head.tensors["branch.15.cv2.conv.weight"].float(), own.float())  # the pose loss trained it
+
+
+def test_p3_heads_survive_save_load_and_merge_with_base_rows_exact(base, p3, p3_narrow, p3_last_trick, plate_head,
+                                                                     tmp_path, bus_jpg, plate_images):  # fmt: skip
+    trained = (p3, p3_narrow, p3_last_trick)
+    heads = [headkit.load_head(h.save(tmp_path / f"{k}.safetensors")) for k, h in enumerate(trained)]
     assert heads[0].metadata == p3.metadata and heads[1].metadata["class_width"] == WIDTH
+    assert heads[2].metadata == p3_last_trick.metadata
     merged = headkit.merge(base, plate_head, *heads)
     for image in [bus_jpg, plate_images[0]]:
         ours, theirs = rows(merged, image), rows(base, image)
         kept = ours[ours[:, 5] < 2]
         assert kept.shape == theirs.shape and torch.equal(kept, theirs), "base rows bit-exact"
-        for offset, head in zip((3, 4), heads, strict=True):
+        for offset, head in zip((3, 4, 5), heads, strict=True):
             mine, alone = ours[ours[:, 5] == offset], rows(headkit.merge(base, head, keep_base_head=False), image)
             mine[:, 5] -= offset
             assert mine.shape == alone.shape and torch.equal(mine, alone)
@@ -179,7 +208,9 @@ def test_a_p3_head_with_an_altered_end_or_another_trunk_is_refused(base, p3, tmp
     neck_print = Head(p3.tensors, {**p3.metadata, "base_fingerprint": fingerprint(base, upto=10)})
     with pytest.raises(HeadDoesNotFit, match="was trained on base sha256"):
         headkit.merge(base, neck_print)  # a path head's fingerprint covers the whole trunk, not the layers before 10
-    with pytest.raises(ValueError, match="branch='p3' is not available with class_branch='light'"):
+    with pytest.raises(
+        ValueError, match=r"a path branch \('p3', 'p3-last'\) is not available with class_branch='light'"
+    ):
         train_head(base, "unused.yaml", branch="p3", class_branch="light")
     with pytest.raises(ValueError, match="is a path branch"):
         train_head(base, "unused.yaml", init_head=p3)

@@ -26,11 +26,11 @@ LAYERS = (
     ("datasets", {"archive", "labels", "folders", "coco", "datasets", "keypoints"}),
     ("sources", {"sources"}),  # where files come from: paths, weights/, the Hub
     ("metadata schema", {"schema"}),  # the type system every file's metadata is checked against
-    ("trunk maths", {"detect", "trunk", "kinds", "branch", "concat", "base"}),  # detect: all of Ultralytics' Detect
+    ("trunk maths", {"detect", "trunk", "kinds", "branch", "sharedbox", "concat", "base"}),  # detect: all of Detect
     ("head file", {"artefact", "headfile"}),  # artefact: the safetensors files' reader, writer and file types
     ("loading", {"basefile", "model", "nms"}),  # nms: a merged model's predictor and validator, which model.py sets
     ("merge", {"merging", "export", "catalog", "hub", "discovery"}),  # discovery: Hub heads fit-checked before listing
-    ("training", {"runfiles", "progress", "posehead", "train", "finetune", "budget"}),
+    ("training", {"runfiles", "progress", "shaping", "posehead", "train", "finetune", "budget"}),
     ("inference", {"tracking", "comparing", "video", "basecache"}),
     ("runs", {"runs", "admission", "zerogpu"}),
     ("app", {"__init__", "__main__", "server"}),

@@ -215,14 +215,14 @@ def test_streamed_yields_the_run_and_stops_it_when_the_consumer_goes(tmp_path, b
 
 def test_a_run_in_a_worker_reports_saves_a_head_this_process_loads_and_stops(tmp_path, base_weights, tiny_plates):
     """The server's way on CPU: the run's work in a worker process that loads the base itself; its progress and
-    saved head come back as events, the head it saved loads here (of the shape asked: the app's "p3-narrow"), and
+    saved head come back as events, the head it saved loads here (of the shape asked: the app's "p3-last-narrow"), and
     Stop reaches it through the job's marker."""
     job = Job(tmp_path / "job")
-    shape = headkit.SHAPES["p3-narrow"]
+    shape = headkit.SHAPES["p3-last-narrow"]
     request = TrainingRequest(
         base=str(base_weights), data=str(tiny_plates / "data.yaml"), job_dir=str(job.path), name="plates", epochs=1,
         imgsz=64, batch=4, options=(("workers", 0), ("device", "cpu"), ("plots", False)), branch=shape.branch,
-        class_width=shape.class_width,
+        class_width=shape.class_width, box_branch=shape.box_branch,
     )  # fmt: skip
     runs = Runs()
     run = runs.start(job.path, request, perform_in_worker)
@@ -232,7 +232,7 @@ def test_a_run_in_a_worker_reports_saves_a_head_this_process_loads_and_stops(tmp
     assert [type(e) for e in kept] == [SavedHead, Finished] and run.state == "finished"
     saved = headkit.load_head(kept[0].path)
     assert kept[0].path == job.heads()["plates"] and saved.names == {0: "license_plate"}
-    assert saved.kind.describe() == "branch of layers 10-15" and saved.metadata["class_width"] == 32
+    assert saved.kind.describe() == "branch of layers 13-15" and saved.metadata["class_width"] == 32
     longer = runs.start(job.path, dataclasses.replace(request, name="stopped", epochs=50), perform_in_worker)
     follower = longer.follow(poll_s=0.05)
     assert any(isinstance(e, TrainProgress) for e in follower)  # it trains

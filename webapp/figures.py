@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # benchmarks/frontier.py on the plates, YOLOv8s fall base, one run, 10 epochs at 320 px (README: "Head shapes")
 MAP50_HEAD = 0.642
+MAP50_P3_LAST_NARROW = 0.857
 MAP50_P3_NARROW = 0.870
 MAP50_NECK = 0.848
 MAP50_FINETUNE = 0.844
@@ -15,10 +16,12 @@ BENCH_EPOCHS = 10
 BENCH_IMGSZ = 320
 # head files, fp16 safetensors (the shipped plate heads)
 HEAD_MB = 4.2
+P3_LAST_NARROW_MB = 2.2
 P3_NARROW_MB = 3.4
 NECK_MB = 12.2
 # benchmarks/merge_latency.py --rounds 30: merged latency / base (CPU, 1 thread, batch 1, 640 px, bus.jpg), the
 # shipped heads (README: "Merge latency")
 LATENCY_HEAD = 1.22
+LATENCY_P3_LAST_NARROW = 1.25
 LATENCY_P3_NARROW = 1.31
 LATENCY_NECK = 1.58

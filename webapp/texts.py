@@ -99,9 +99,15 @@ KEY_HELP = (
     "reopening it shows the run (or its result) again. Scripts: `key, *_ = client.predict('', BASE, "
     "api_name='/resume')` gets a key (or pass one to pick up its run). Keep it secret: it is the only way to them."
 )
-BRANCH_CHOICES = {"head": "Head only", "p3-narrow": "P3 path, narrow", "neck": "Neck branch"}
+BRANCH_CHOICES = {
+    "head": "Head only",
+    "p3-last-narrow": "P3 last stage, narrow",
+    "p3-narrow": "P3 path, narrow",
+    "neck": "Neck branch",
+}
 SHAPE_FIGURES = {  # shape -> (new-class mAP50, merged latency / base, head file MB), as the README's "Head shapes"
     "head": (figures.MAP50_HEAD, figures.LATENCY_HEAD, figures.HEAD_MB),
+    "p3-last-narrow": (figures.MAP50_P3_LAST_NARROW, figures.LATENCY_P3_LAST_NARROW, figures.P3_LAST_NARROW_MB),
     "p3-narrow": (figures.MAP50_P3_NARROW, figures.LATENCY_P3_NARROW, figures.P3_NARROW_MB),
     "neck": (figures.MAP50_NECK, figures.LATENCY_NECK, figures.NECK_MB),
 }
@@ -110,16 +116,13 @@ SHAPE_CHOICES = [
     for shape, (map50, slower, megabytes) in SHAPE_FIGURES.items()
 ]
 BRANCH_HELP = (
-    "Head only: a Detect head on the frozen trunk. P3 path, narrow: also its own copy of the layers that feed the "
-    "finest detection level, with a narrow class branch started from the base's strongest channels. Neck branch: its "
-    "own copy of the whole neck. Base detections stay exact with each. Figures: new-class mAP50 on the plates "
+    "Head only: a Detect head on the frozen trunk. P3 last stage, narrow: also its own copy of the last block that "
+    "feeds the finest detection level, with a narrow class branch started from the base's strongest channels. P3 "
+    "path, narrow: its own copy of every layer on that path. Neck branch: its own copy of the whole neck. Base "
+    "detections stay exact with each. Figures: new-class mAP50 on the plates "
     f"benchmark ({figures.BENCH_EPOCHS} epochs at {figures.BENCH_IMGSZ} px; a full fine-tune "
     f"{figures.MAP50_FINETUNE:.3f}, which forgets the base), merged time per image against the base's alone on "
     "YOLOv8s (CPU), head file size."
-)
-P3_WITHOUT_TRICK = (
-    "The P3 path shape does not combine with the keypoint trick yet: choose Head only or Neck branch for the trick, "
-    "or untick it."
 )
 BAD_BRANCH = "branch {branch!r}: expected one of {choices}"
 TRAIN_IMGSZ = "training image size (pixels)"

@@ -128,7 +128,7 @@ def estimate_training(
         imgsz: training image size in pixels.
         batch: images per batch, 1 to 64.
         finetune: also fine-tune the whole model the usual way afterwards, for comparison (about 4x the time).
-        branch: the new head's shape: "head", "p3-narrow" or "neck" (as for /train_head).
+        branch: the new head's shape: "head", "p3-last-narrow", "p3-narrow" or "neck" (as for /train_head).
 
     Returns:
         Markdown: the estimated time and memory, and whether this server allows the run
@@ -288,9 +288,9 @@ class TrainTab:
             imgsz: training image size in pixels (up to the server's max_imgsz).
             batch: images per batch, 1 to 64.
             keypoint_trick: train on box centres as keypoints, and keep the box head (measured: no gain on the plates).
-            branch: the new head's shape: "head" (a Detect head only), "p3-narrow" (its own copy of the layers
-                feeding the finest Detect input and a narrow class branch: fine-tune accuracy at ~1.25x the base's
-                cost) or "neck" (its own copy of the whole neck: the most accurate).
+            branch: the new head's shape: "head" (a Detect head only), "p3-last-narrow" (its own copy of the last
+                block feeding the finest Detect input and a narrow class branch: fine-tune accuracy at the least
+                cost), "p3-narrow" (the whole path to that input) or "neck" (its own copy of the whole neck).
             finetune: afterwards, also fine-tune the whole model the usual way, for comparison in /compare.
 
         Returns:
@@ -303,8 +303,6 @@ class TrainTab:
             the Compare, Merge and Push pickers' choices, the new head selected in Compare
         """
         shape = _known(branch)
-        if keypoint_trick and shape.branch == "p3":
-            raise gr.Error(texts.P3_WITHOUT_TRICK)
         branch = shape.branch
         who = client(request, profile)  # refused here when this server asks visitors to sign in
         work, model = roomy_job(request), comparer(base).base
@@ -333,6 +331,7 @@ class TrainTab:
                 batch=int(batch),
                 branch=branch,
                 class_width=shape.class_width,
+                box_branch=shape.box_branch,
                 keypoint_trick=bool(keypoint_trick),
                 finetune=bool(finetune),
                 options=tuple(TRAIN_OPTIONS.items()),

@@ -16,6 +16,7 @@ neck block boundary with the base's and the light (depthwise) class branch.
 
     python benchmarks/frontier.py [--base PATH] [--data data.yaml] [--epochs 10] [--imgsz 320] [--batch 16]
         [--device auto] [--images N] [--rounds 20] [--class-width 32] [--sweep] [--out results.json] [--plot out.png]
+    python benchmarks/frontier.py --replot results.json [--plot out.png]
 
 `--images N` trains and validates on the first N images of each split (a smoke run).
 """
@@ -126,23 +127,23 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     tuned = rows.get("full fine-tune")
-    figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    heads = [(label, row) for label, row in rows.items() if label != "full fine-tune"]
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, 2, figsize=(13, 6.5), sharey=True)
     for ax, key, name in ((axes[0], "gflops_vs_base", "merged GFLOPs / base"), (axes[1], "vs_base", "latency / base")):
-        for label, row in rows.items():
-            if label == "full fine-tune":
-                continue
-            ax.scatter(row[key], row["map50_map50_95"][0], s=40)
-            ax.annotate(label, (row[key], row["map50_map50_95"][0]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8)  # fmt: skip
+        for number, (label, row) in enumerate(heads):  # one colour per arm in both panels, named in the legend
+            ax.scatter(row[key], row["map50_map50_95"][0], s=50, color=colours(number % 10), label=label)
         if tuned:
             ax.axhline(tuned["map50_map50_95"][0], color="grey", linestyle="--", label="full fine-tune mAP50")
-            ax.legend(loc="best", fontsize=8)
-        ax.axvline(1.30, color="red", linestyle=":", linewidth=1)
+        ax.axvline(1.30, color="red", linestyle=":", linewidth=1, label="budget 1.30x")
+        ax.axvline(1.15, color="orange", linestyle=":", linewidth=1, label="stretch 1.15x")
         ax.set_xlabel(f"{name} (at {LATENCY_IMGSZ} px)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val mAP50 (new head alone)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     figure.suptitle(textwrap.fill(title, 140), fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))  # room for the legend below
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
@@ -157,7 +158,13 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also every neck block boundary, base and light styles")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="the PNG (default: beside --out, else frontier.png)")
+    parser.add_argument("--replot", default=None, help="only draw the plot again from an earlier run's --out JSON")
     args = parser.parse_args()
+    if args.replot:
+        earlier = json.loads(Path(args.replot).read_text())
+        figure = Path(args.plot) if args.plot else Path(args.replot).with_suffix(".png")
+        print(f"plot: {plot(earlier['rows'], figure, earlier['title'])}")
+        return 0
     started = time.perf_counter()
     device = default_device() if args.device == "auto" else args.device
     project = Path(tempfile.mkdtemp(prefix="frontier-"))
@@ -226,7 +233,8 @@ def main() -> int:
     total = time.perf_counter() - started
     print(f"total wall time {total:.0f} s")
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "total_s": total}, indent=2))
+        report = {"args": vars(args), "rows": rows, "title": title, "total_s": total}
+        Path(args.out).write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -31,6 +31,12 @@ def path_detect(layers: list, detect: Detect, like: Branch, index: int) -> Branc
     return slot.train(detect.training)
 
 
+def inject_path(inner, base, branch: Branch) -> None:
+    """Put a path branch in `inner`'s Detect slot (a `BranchDetect` of its layers and Detect), its inputs kept."""
+    inner.model[-1] = path_detect(list(branch.layers), branch.detect, branch, base_facts(base).head_index)
+    inner.save = sorted(set(inner.save) | set(branch.inputs))
+
+
 def shape_slot(
     inner, base, class_width: int | None = None, path: tuple[int, int] | None = None, *, shared_box: bool = False
 ) -> None:
@@ -43,9 +49,7 @@ def shape_slot(
     if path is not None:
         facts, (start, end) = base_facts(base), path
         layers = copy_layers(base, start, end=end)
-        like = Branch(layers, inner.model[-1], branch_inputs(base, start, end), facts.detect_from)
-        inner.model[-1] = path_detect(layers, inner.model[-1], like, facts.head_index)
-        inner.save = sorted(set(inner.save) | set(like.inputs))
+        inject_path(inner, base, Branch(layers, inner.model[-1], branch_inputs(base, start, end), facts.detect_from))
     if shared_box:
         inner.model[-1].shares_base_box = True
 

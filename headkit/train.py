@@ -24,7 +24,7 @@ from .posehead import detect_head_from_pose, train_pose_head
 from .progress import TrainingCancelled, TrainProgress, train_reporting  # noqa: F401 (callers catch it from here)
 from .runfiles import RunFiles
 from .settings import current_limits
-from .shaping import ShapedHeadTrainer, ShapedPoseTrainer, shape_slot
+from .shaping import ShapedHeadTrainer, ShapedPoseTrainer, inject_path, shape_slot
 from .trunk import base_facts, detection_model
 
 LOGGER = logging.getLogger(__name__)
@@ -139,9 +139,9 @@ def train_head(
     """
     ensure_detect_base(base)
     start = init_head.kind.branch_start if init_head is not None else resolve_branch(base, branch)
-    end = None if init_head is not None else branch_end(base, branch)
+    end = init_head.kind.branch_end if init_head is not None else branch_end(base, branch)
     light = _light_class_branch(base, class_branch, init_head)
-    _check_path(end, init_head, light=light)
+    _check_path(end, light=light)
     if light and keypoint_trick:
         raise ValueError(
             "class_branch='light' on this base is not available with keypoint_trick=True (the pose variant is built "
@@ -254,17 +254,12 @@ def _shared_box(box_branch: str, *, start: int | None, end: int | None, light: b
     return True
 
 
-def _check_path(end: int | None, init_head: Head | None, *, light: bool) -> None:
-    """Refuse a path branch ("p3", "p3-last") with what cannot carry it yet, and an init head that is one.
+def _check_path(end: int | None, *, light: bool) -> None:
+    """Refuse a path branch ("p3", "p3-last") with what cannot carry it yet.
 
     Raises:
-        ValueError: the light class branch with a path branch, or a path-branch init head.
+        ValueError: the light class branch with a path branch.
     """
-    if init_head is not None and init_head.kind.branch_end is not None:
-        raise ValueError(
-            f"{init_head.where} is a path branch ({init_head.kind.describe()}); going on training one is not "
-            "supported yet — train a new one with branch='p3' or 'p3-last'"
-        )
     if end is not None and light:
         raise ValueError(
             "a path branch ('p3', 'p3-last') is not available with class_branch='light'; use class_width= for a "
@@ -320,8 +315,12 @@ def _start_model(
 ):
     """The model training starts from: a copy of the base (its class branch narrowed to `class_width`, warm; with a
     path branch of layers `path` (start, end), its Detect slot a `BranchDetect` of copies of those base layers), or
-    the base with `init_head` in place of its head."""
-    model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
-    shape_slot(detection_model(model), base, class_width, path, shared_box=shared_box)
+    the base with `init_head` in place of its head (a path head's branch in the Detect slot, as it trained)."""
+    if init_head is not None and init_head.kind.branch_end is not None:
+        model = clone_model(base)
+        inject_path(detection_model(model), base, init_head.build_branch(base))  # its fit checked first
+    else:
+        model = merge(base, init_head, keep_base_head=False) if init_head else clone_model(base)
+        shape_slot(detection_model(model), base, class_width, path, shared_box=shared_box)
     model.ckpt = {"model": detection_model(model)}  # makes Ultralytics start from these weights, not random ones
     return model

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from kit import copy_tiny_plates
+from kit import REPO, copy_tiny_plates
+from ultralytics.utils.metrics import box_iou
+from ultralytics.utils.torch_utils import get_flops
 
 import headkit
 from headkit.__main__ import main
-from headkit.branch import Branch
+from headkit.branch import Branch, BranchDetect, branch_tensors
 from headkit.detect import DetectLayout, HeadDoesNotFit, narrow_detect, narrow_width
 from headkit.headfile import Head
 from headkit.kinds import PathChoice, path_range
-from headkit.train import train_head
+from headkit.train import _start_model, train_head
 from headkit.trunk import detection_model, fingerprint
 
 TINY = dict(epochs=1, imgsz=64, batch=2, device="cpu", workers=0, plots=False, seed=0, deterministic=True)
@@ -212,5 +214,30 @@ def test_a_p3_head_with_an_altered_end_or_another_trunk_is_refused(base, p3, tmp
         ValueError, match=r"a path branch \('p3', 'p3-last'\) is not available with class_branch='light'"
     ):
         train_head(base, "unused.yaml", branch="p3", class_branch="light")
-    with pytest.raises(ValueError, match="is a path branch"):
-        train_head(base, "unused.yaml", init_head=p3)
+
+
+def test_a_path_head_goes_on_training_from_its_own_weights(base, p3_narrow, data, tmp_path):
+    start = _start_model(base, p3_narrow)
+    slot = detection_model(start).model[-1]  # the branch in the Detect slot, as it trained, warm from the head's
+    assert isinstance(slot, BranchDetect) and (slot.branch.start, slot.branch.end) == (10, 16)
+    own = {f"branch.{k}": v for k, v in branch_tensors(start, 10).items()}
+    assert all(torch.equal(v.half(), p3_narrow.tensors[k].half()) for k, v in own.items()) and len(own) > 0
+    again = train_head(base, data, project=tmp_path / "runs", name="more", init_head=p3_narrow, **TINY).head
+    assert again.kind.describe() == "branch of layers 10-15" and again.metadata["class_width"] == WIDTH
+    assert again.metadata["trunk_check"]["untouched"]
+    assert not torch.equal(again.tensors["branch.15.cv2.conv.weight"], p3_narrow.tensors["branch.15.cv2.conv.weight"])
+
+
+def test_shipped_cheap_exact_point_head_finds_the_example_plate_and_keeps_the_base_exact(base):
+    """weights/license_plate_p3_last.safetensors (see its card): the P3 last stage, narrow, at 640 px."""
+    head = headkit.load_head(REPO / "weights" / "license_plate_p3_last.safetensors")
+    assert head.kind.describe() == "branch of layers 13-15" and head.metadata["class_width"] == WIDTH
+    assert head.metadata["metrics"]["all"]["mAP50"] >= 0.90 and head.metadata["imgsz"] == 640
+    merged = headkit.merge(base, head)
+    assert get_flops(merged.model, 640) / get_flops(base.model, 640) <= 1.30
+    example = REPO / "examples" / "bus_plate.jpg"
+    ours, theirs = rows(merged, example, imgsz=640), rows(base, example, imgsz=640)
+    assert torch.equal(ours[ours[:, 5] < 2], theirs), "base rows bit-exact"
+    plate = torch.tensor([[7.7, 408.1, 63.5, 437.2]])  # where the neck-branch head finds the plate (its card)
+    best = ours[ours[:, 5] == 2][:1, :4]  # this head's most confident plate
+    assert box_iou(best, plate).item() > 0.7

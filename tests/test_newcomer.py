@@ -102,7 +102,7 @@ def test_the_help_quotes_the_readmes_benchmark_figures():
         if line.startswith("| ") and len(cells := line.split("|")) >= 5
     }
     shapes = rows[""]  # the header row names the columns
-    assert shapes == ["head only", "P3 path, narrow", "neck branch"], shapes
+    assert shapes == ["head only", "P3 last stage, narrow", "P3 path, narrow", "neck branch"], shapes
     accuracy = rows[
         f"new-class val mAP50, {figures.BENCH_EPOCHS} epochs at {figures.BENCH_IMGSZ} px "
         f"(full fine-tune: {figures.MAP50_FINETUNE:g})"
@@ -111,6 +111,11 @@ def test_the_help_quotes_the_readmes_benchmark_figures():
     latency = next(v for k, v in rows.items() if k.startswith("merged latency / base"))
     quoted = {
         "head only": (figures.MAP50_HEAD, figures.HEAD_MB, figures.LATENCY_HEAD),
+        "P3 last stage, narrow": (
+            figures.MAP50_P3_LAST_NARROW,
+            figures.P3_LAST_NARROW_MB,
+            figures.LATENCY_P3_LAST_NARROW,
+        ),
         "P3 path, narrow": (figures.MAP50_P3_NARROW, figures.P3_NARROW_MB, figures.LATENCY_P3_NARROW),
         "neck branch": (figures.MAP50_NECK, figures.NECK_MB, figures.LATENCY_NECK),
     }

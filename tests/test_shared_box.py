@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from kit import assert_rows_exact, copy_tiny_plates, detection_rows
+from ultralytics import YOLO
 
 import headkit
 from headkit.branch import Branch
@@ -121,3 +122,12 @@ def test_box_branch_shared_is_refused_where_nothing_could_be_shared(base):
         train_head(base, "unused.yaml", branch="neck", box_branch="shared")
     with pytest.raises(ValueError, match="not available with class_branch='light'"):
         train_head(base, "unused.yaml", class_branch="light", box_branch="shared")
+
+
+def test_a_merged_model_with_shared_levels_exports_to_onnx(base, head_only, tmp_path, bus_jpg):
+    exported = headkit.export_merged(base, [head_only], tmp_path / "out", formats=("onnx",), imgsz=320)
+    square = {"imgsz": 320, "rect": False, "conf": 0.25, "verbose": False}  # the export's fixed 320x320 input
+    got = detection_rows(YOLO(str(exported.paths["onnx"])), bus_jpg, by_class=True, **square)
+    want = detection_rows(headkit.merge(base, head_only), bus_jpg, by_class=True, **square)
+    # ONNX Runtime's kernels are not torch's: the export is close, not a promise of bit-exactness (nor of the order)
+    assert got.shape == want.shape and np.abs(got[:, :5] - want[:, :5]).max() < 1e-2

@@ -21,7 +21,7 @@ P3_NARROW_MB = 3.4
 NECK_MB = 12.2
 # benchmarks/merge_latency.py --rounds 30: merged latency / base (CPU, 1 thread, batch 1, 640 px, bus.jpg), the
 # shipped heads (README: "Merge latency")
-LATENCY_HEAD = 1.22
-LATENCY_P3_LAST_NARROW = 1.25
-LATENCY_P3_NARROW = 1.31
-LATENCY_NECK = 1.58
+LATENCY_HEAD = 1.18
+LATENCY_P3_LAST_NARROW = 1.20
+LATENCY_P3_NARROW = 1.28
+LATENCY_NECK = 1.53

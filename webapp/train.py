@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 METRIC_COLUMNS = ["class", "P", "R", "mAP50", "mAP50-95"]
 DEVICE = "gpu" if GPU else "cpu"  # what the estimates of time and memory are for
+DEFAULT_SHAPE = "p3-last-narrow"  # fine-tune accuracy at head only's cost (README, "Head shapes")
 METRIC_KEYS = {
     "metrics/mAP50(B)": "mAP50",
     "metrics/mAP50-95(B)": "mAP50-95",
@@ -116,7 +117,7 @@ def estimate_training(
     imgsz: int,
     batch: int,
     finetune: bool = False,
-    branch: str = "head",
+    branch: str = DEFAULT_SHAPE,
 ):
     """Estimate how long training a head on the dataset this session last uploaded (/load_dataset) takes on this
     server, and how much memory it needs, and say whether the server allows it (and what to change if not).
@@ -128,7 +129,8 @@ def estimate_training(
         imgsz: training image size in pixels.
         batch: images per batch, 1 to 64.
         finetune: also fine-tune the whole model the usual way afterwards, for comparison (about 4x the time).
-        branch: the new head's shape: "head", "p3-last-narrow", "p3-narrow" or "neck" (as for /train_head).
+        branch: the new head's shape: "head", "p3-last-narrow" (the default), "p3-narrow" or "neck" (as for
+            /train_head).
 
     Returns:
         Markdown: the estimated time and memory, and whether this server allows the run
@@ -190,7 +192,7 @@ class TrainTab:
         with gr.Row():
             branch = gr.Radio(
                 texts.SHAPE_CHOICES,
-                value="head",
+                value=DEFAULT_SHAPE,
                 label="What the new head owns",
                 info=texts.BRANCH_HELP,
                 elem_id="branch",
@@ -271,7 +273,7 @@ class TrainTab:
         imgsz: int,
         batch: int,
         keypoint_trick: bool,
-        branch: str = "head",
+        branch: str = DEFAULT_SHAPE,
         finetune: bool = False,
         request: gr.Request = None,
         profile: gr.OAuthProfile | None = None,
@@ -288,9 +290,9 @@ class TrainTab:
             imgsz: training image size in pixels (up to the server's max_imgsz).
             batch: images per batch, 1 to 64.
             keypoint_trick: train on box centres as keypoints, and keep the box head (measured: no gain on the plates).
-            branch: the new head's shape: "head" (a Detect head only), "p3-last-narrow" (its own copy of the last
-                block feeding the finest Detect input and a narrow class branch: fine-tune accuracy at the least
-                cost), "p3-narrow" (the whole path to that input) or "neck" (its own copy of the whole neck).
+            branch: the new head's shape: "head" (a Detect head only), "p3-last-narrow" (the default: its own copy
+                of the last block feeding the finest Detect input and a narrow class branch, fine-tune accuracy at
+                head only's cost), "p3-narrow" (the whole path to that input) or "neck" (its own copy of the neck).
             finetune: afterwards, also fine-tune the whole model the usual way, for comparison in /compare.
 
         Returns:

@@ -70,6 +70,11 @@ class Branch(nn.Module):
         return self.detect([outputs[j] for j in self.detect_from])
 
 
+def detect_of(head: Detect | Branch) -> Detect:
+    """The Detect layer of a head: itself, or a branch's."""
+    return head.detect if isinstance(head, Branch) else head
+
+
 class BranchDetect(Detect):
     """A Branch standing in a model's Detect slot while it trains: the model's own layers stay the base's (frozen),
     and this layer runs the branch's copies beside them on the shared outputs it reads (`f`: the branch's inputs).

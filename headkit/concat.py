@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from ultralytics.nn.modules.head import Detect
 
-from .branch import Branch
+from .branch import Branch, detect_of
 from .sharedbox import share_box_branches
 
 MAX_DET = 1000
@@ -62,39 +62,39 @@ class ConcatHead(Detect):
         self.features = int(features)
         self.shared = [int(i) for i in shared]
         self.nc = sum(head.nc for head in heads)
-        self.reg_max = _detect(heads[0]).reg_max
-        self.nl = _detect(heads[0]).nl
+        self.reg_max = detect_of(heads[0]).reg_max
+        self.nl = detect_of(heads[0]).nl
         self.no = self.nc + self.reg_max * 4
-        self.stride = _detect(heads[0]).stride.clone()
+        self.stride = detect_of(heads[0]).stride.clone()
         self.shared_boxes = share_box_branches(self.heads, base_inputs) if base_inputs else []
 
     @property
     def end2end(self) -> bool:
         """True when every head runs its NMS-free one-to-one branch (Ultralytics reads this through the model)."""
-        return all(_detect(head).end2end for head in self.heads)
+        return all(detect_of(head).end2end for head in self.heads)
 
     @end2end.setter
     def end2end(self, value: bool) -> None:
-        for head in map(_detect, self.heads):
+        for head in map(detect_of, self.heads):
             if getattr(head, "one2one_cv2", None) is not None:
                 head.end2end = value
 
     @property
     def max_det(self) -> int:
-        return _detect(self.heads[0]).max_det
+        return detect_of(self.heads[0]).max_det
 
     @max_det.setter
     def max_det(self, value: int) -> None:  # the predictor and validator set it per call; each head selects its own
-        for head in map(_detect, self.heads):
+        for head in map(detect_of, self.heads):
             head.max_det = value
 
     @property
     def agnostic_nms(self) -> bool:
-        return _detect(self.heads[0]).agnostic_nms
+        return detect_of(self.heads[0]).agnostic_nms
 
     @agnostic_nms.setter
     def agnostic_nms(self, value: bool) -> None:
-        for head in map(_detect, self.heads):
+        for head in map(detect_of, self.heads):
             head.agnostic_nms = value
 
     def forward(self, x: list[torch.Tensor]):
@@ -139,10 +139,6 @@ class ConcatHead(Detect):
         """Move the heads' stride/anchor tensors too: Ultralytics does this only for a Detect in the last layer."""
         super()._apply(fn, recurse)
         self.stride = fn(self.stride)
-        for head in map(_detect, self.heads):
+        for head in map(detect_of, self.heads):
             head.stride, head.anchors, head.strides = fn(head.stride), fn(head.anchors), fn(head.strides)
         return self
-
-
-def _detect(head: Detect | Branch) -> Detect:
-    return head.detect if isinstance(head, Branch) else head

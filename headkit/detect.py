@@ -397,6 +397,21 @@ def narrow_detect(detect: Detect, width: int) -> Detect:
         ValueError: a width outside `narrow_widths` of `detect`'s maps or not below its own class width.
     """
     layout = DetectLayout.from_detect(detect)
+    check_narrow_width(layout, width)
+    built = replace(layout, class_width=width).build()
+    with torch.no_grad():
+        for name in ("cv3", "one2one_cv3"):
+            for source, target in zip(getattr(detect, name, None) or (), getattr(built, name, None) or (), strict=True):
+                _copy_strongest(source, target, layout.class_width)
+    return _stand_in(_with_class_branch(detect, built), detect)
+
+
+def check_narrow_width(layout: DetectLayout, width: int) -> None:
+    """Refuse a narrow class width a Detect of `layout` cannot take (`narrow_widths`, and below its own width).
+
+    Raises:
+        ValueError: the width, the range and the Detect's own width named.
+    """
     if width not in narrow_widths(layout.channels) or width >= layout.class_width:
         narrow = narrow_widths(layout.channels)
         raise ValueError(
@@ -404,12 +419,6 @@ def narrow_detect(detect: Detect, width: int) -> Detect:
             f"wide (its own is {layout.class_width}, Ultralytics' narrowest {layout.channels[0]}); pick a width in "
             "that range, or leave class_width unset for the base's width"
         )
-    built = replace(layout, class_width=width).build()
-    with torch.no_grad():
-        for name in ("cv3", "one2one_cv3"):
-            for source, target in zip(getattr(detect, name, None) or (), getattr(built, name, None) or (), strict=True):
-                _copy_strongest(source, target, layout.class_width)
-    return _stand_in(_with_class_branch(detect, built), detect)
 
 
 def _copy_strongest(source: nn.Sequential, target: nn.Sequential, wide: int) -> None:

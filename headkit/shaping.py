@@ -78,6 +78,7 @@ class _ShapedModel:
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         source = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
         layer = getattr(source, "model", [None])[-1] if isinstance(source, torch.nn.Module) else None
+        shares_base_box = getattr(layer, "shares_base_box", False)
         path = layer if isinstance(layer, BranchDetect) else None
         layer = path.detect if path is not None else layer
         detect = model.model[-1]
@@ -92,7 +93,7 @@ class _ShapedModel:
         if path is not None:
             detect = path_detect([copy.deepcopy(m) for m in path.branch.layers], detect, path.branch, detect.i)
             model.save = sorted(set(model.save) | set(detect.f))
-        if getattr(layer, "shares_base_box", False) or getattr(path, "shares_base_box", False):
+        if shares_base_box:
             detect.shares_base_box = True
         model.model[-1] = detect
         return model

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.head import Detect
 
-from .branch import Branch, BranchDetect
+from .branch import Branch, BranchDetect, detect_of
 
 BOX_BRANCHES = ("cv2", "one2one_cv2")  # the one-to-many and NMS-free box branches, one Sequential per level
 
@@ -40,10 +40,6 @@ class SharedBox(nn.Sequential):
     def forget(self) -> None:
         """Drop the kept map and output (the merged Detect calls this when a forward ends)."""
         self._last = None
-
-
-def _detect(head: Detect | Branch) -> Detect:
-    return head.detect if isinstance(head, Branch) else head
 
 
 def _sources(head: Detect | Branch, base_inputs: Sequence[int]) -> list[int | None]:
@@ -75,7 +71,7 @@ def share_box_branches(heads: Sequence[Detect | Branch], base_inputs: Sequence[i
     for name in BOX_BRANCHES:
         groups: dict[tuple[int, int], list[tuple[nn.ModuleList, nn.Sequential]]] = {}
         for head in heads:
-            levels = getattr(_detect(head), name, None)
+            levels = getattr(detect_of(head), name, None)
             if levels is None:
                 continue
             for level, source in enumerate(_sources(head, base_inputs)):
@@ -99,9 +95,8 @@ def share_box_branches(heads: Sequence[Detect | Branch], base_inputs: Sequence[i
 def base_box_levels(slot: Detect) -> list[int]:
     """The levels at which a training model's Detect slot reads the base's own maps: every level of a head-only
     head's Detect, the levels a path branch (`BranchDetect`) takes from the base (P4, P5 for "p3")."""
-    if isinstance(slot, BranchDetect):
-        return [level for level, j in enumerate(slot.branch.detect_from) if j in slot.branch.inputs]
-    return list(range(slot.nl))
+    head = slot.branch if isinstance(slot, BranchDetect) else slot
+    return [level for level, source in enumerate(_sources(head, range(slot.nl))) if source is not None]
 
 
 def freeze_base_box(model: nn.Module, frozen_names: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules.head import Detect
 
 from .base import clone_model, ensure_detect_base
-from .detect import NARROW, light_detect, narrow_width
+from .detect import NARROW, check_narrow_width, light_detect, narrow_width
 from .headfile import Head, extract_head
 from .kinds import PLAIN, branch_end, resolve_branch
 from .labels import load_yaml, names_file_bytes, read_names
@@ -154,8 +154,12 @@ def train_head(
         yaml_path = _data_yaml(data, base)
         class_width = narrow_width(len(_class_names(yaml_path)), base_facts(base).layout.channels)
     path = None if end is None else (start, end)
-    # refuses a bad width before the dataset is unpacked (the keypoint trick's pose variant narrows alike)
-    model = _start_model(base, init_head, class_width, path, shared_box=shared_box)
+    if keypoint_trick:  # the pose variant is shaped in `posehead`: a bad width is refused before the data is unpacked
+        if class_width is not None:
+            check_narrow_width(base_facts(base).layout, class_width)
+        model = None
+    else:
+        model = _start_model(base, init_head, class_width, path, shared_box=shared_box)  # refuses a bad width too
     if not narrow:
         yaml_path = _data_yaml(data, base)
     settings = _settings(

@@ -119,6 +119,8 @@ def test_a_narrow_head_survives_save_load_and_merges_with_base_rows_exact(
 def test_a_narrow_width_out_of_range_or_clashing_is_refused_before_training(base, plate_head):
     with pytest.raises(ValueError, match=r"class_width=4: a narrow class branch on this base is 8\.\.127"):
         train_head(base, "unused.yaml", class_width=4)
+    with pytest.raises(ValueError, match=r"class_width=4: a narrow class branch on this base is 8\.\.127"):
+        train_head(base, "unused.yaml", class_width=4, keypoint_trick=True)  # before the dataset is read
     with pytest.raises(ValueError, match=r"class_width=128: .*its own is 128"):
         train_head(base, "unused.yaml", class_width=128)
     with pytest.raises(ValueError, match="not available with class_branch='light'"):

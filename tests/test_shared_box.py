@@ -10,7 +10,7 @@ from kit import assert_rows_exact, copy_tiny_plates, detection_rows
 from ultralytics import YOLO
 
 import headkit
-from headkit.branch import Branch
+from headkit.branch import detect_of
 from headkit.headfile import Head
 from headkit.sharedbox import SharedBox
 from headkit.train import train_head
@@ -73,7 +73,7 @@ def test_merged_heads_run_a_shared_level_once_and_every_row_stays_exact(base, he
     merged = headkit.merge(base, head_only, plate_head, p3_last)
     joined = detection_model(merged).model[-1]
     # head only shares all three levels with the base; the P3 last stage P4 and P5; the plate head (own box) none
-    detects = [head.detect if isinstance(head, Branch) else head for head in joined.heads]
+    detects = [detect_of(head) for head in joined.heads]
     holders = [sum(level is box for detect in detects for level in detect.cv2) for box in joined.shared_boxes]
     assert len(joined.shared_boxes) == 3 and sorted(holders) == [2, 3, 3]
     runs = []  # the first layer of each shared level, once per time it runs
